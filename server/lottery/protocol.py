@@ -1,0 +1,356 @@
+"""The wire protocol: frame layout, message dataclasses, encoders, decoders and bet validation.
+
+This module owns the bytes; docs/protocol.md specifies them and testdata/protocol_vectors.json
+pins them. Nothing here touches a socket: `read_frame` takes any exact-read callable, and the
+server's non-blocking handlers use `parse_header` on their own buffers.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+VERSION = 1
+HEADER = struct.Struct(">BBI")
+HEADER_SIZE = HEADER.size  # 6
+MAX_FRAME = 8192
+MAX_PAYLOAD = MAX_FRAME - HEADER_SIZE  # 8186
+MAX_REASON = 255
+
+_U32 = struct.Struct(">I")
+_BET_HEAD = struct.Struct(">IIH")  # agency, seq, count
+_PAIR = struct.Struct(">II")  # ACK (agency, seq) and FIN (agency, batches)
+_WINNERS_HEAD = struct.Struct(">IBH")  # agency, last, count
+_ERROR_HEAD = struct.Struct(">HI")  # code, seq
+BET_HEADER_SIZE = _BET_HEAD.size  # 10
+MAX_BETS_BYTES = MAX_PAYLOAD - BET_HEADER_SIZE  # 8176
+WINNERS_HEADER_SIZE = _WINNERS_HEAD.size  # 7
+
+
+class MsgType(enum.IntEnum):
+    ECHO = 0x01
+    BET = 0x02
+    ACK = 0x03
+    FIN = 0x04
+    FIN_ACK = 0x05
+    WINNERS_QUERY = 0x06
+    WINNERS = 0x07
+    ERROR = 0x08
+
+
+class ErrorCode(enum.IntEnum):
+    UNSUPPORTED_VERSION = 1
+    UNKNOWN_TYPE = 2
+    FRAME_TOO_LARGE = 3
+    MALFORMED = 4
+    INVALID_BET = 5
+    UNKNOWN_AGENCY = 6
+    SEQUENCE_GAP = 7
+    AGENCY_FINISHED = 8
+    DUPLICATE_FIN = 9
+    IDLE_TIMEOUT = 10
+    SHUTTING_DOWN = 11
+    INTERNAL_ERROR = 12
+
+
+# Codes after which the framing can no longer be trusted, or the central is leaving: the
+# connection is closed once the ERROR is sent.
+CLOSING_CODES = frozenset(
+    {
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.FRAME_TOO_LARGE,
+        ErrorCode.IDLE_TIMEOUT,
+        ErrorCode.SHUTTING_DOWN,
+        ErrorCode.INTERNAL_ERROR,
+    }
+)
+
+
+class ProtocolError(Exception):
+    """A frame or payload that breaks the protocol; `code` is the ERROR code to answer with."""
+
+    def __init__(self, code: ErrorCode, reason: str, seq: int = 0) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.seq = seq
+
+
+class TruncatedFrame(Exception):
+    """The peer closed the connection in the middle of a frame."""
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Echo:
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class Bet:
+    """One batch: `bets` is the raw, already validated `lines` block of the payload."""
+
+    agency: int
+    seq: int
+    count: int
+    bets: bytes
+
+
+@dataclass(frozen=True)
+class Ack:
+    agency: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class Fin:
+    agency: int
+    batches: int
+
+
+@dataclass(frozen=True)
+class FinAck:
+    agency: int
+
+
+@dataclass(frozen=True)
+class WinnersQuery:
+    agency: int
+
+
+@dataclass(frozen=True)
+class Winners:
+    agency: int
+    last: bool
+    documents: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Error:
+    code: ErrorCode
+    seq: int = 0
+    reason: str = ""
+
+
+Message = Union[Echo, Bet, Ack, Fin, FinAck, WinnersQuery, Winners, Error]
+
+
+# --- bet validation -------------------------------------------------------------------------
+
+_NAME = rb'[^,"\x00-\x1f\x7f]{1,100}'
+_DIGITS = rb"[0-9]{1,10}"
+# Month-aware day ranges; 02-29 is accepted here and checked for leap years separately.
+_DATE = (
+    rb"(?!0000)[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    rb"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    rb"|02-(?:0[1-9]|1[0-9]|2[0-9]))"
+)
+_BET_LINE = _NAME + b"," + _NAME + b"," + _DIGITS + b"," + _DATE + b"," + _DIGITS + b"\n"
+_BET_LINES_RE = re.compile(b"(?:" + _BET_LINE + b")+")
+_FEB29_RE = re.compile(rb",([0-9]{4})-02-29,")
+_FIELD_RES = (
+    ("first_name", re.compile(_NAME)),
+    ("last_name", re.compile(_NAME)),
+    ("document", re.compile(_DIGITS)),
+    ("birthdate", re.compile(_DATE)),
+    ("number", re.compile(_DIGITS)),
+)
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def bet_line_error(line: bytes) -> str | None:
+    """Why one bet line (without its newline) is invalid, or None if it is valid."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    fields = line.split(b",")
+    if len(fields) != len(_FIELD_RES):
+        return f"{len(fields)} fields, want {len(_FIELD_RES)}"
+    for value, (name, pattern) in zip(fields, _FIELD_RES):
+        if not pattern.fullmatch(value):
+            return name
+    year, month, day = fields[3].split(b"-")
+    if month == b"02" and day == b"29" and not _is_leap(int(year)):
+        return "birthdate"
+    return None
+
+
+def validate_bets(bets: bytes, count: int) -> None:
+    """Raise ProtocolError unless `bets` is exactly `count` valid bet lines.
+
+    The fast path checks a whole batch with one compiled regular expression; only a batch that
+    fails it is split into lines to name the first bad bet.
+    """
+    lines = bets.count(b"\n")
+    if lines != count:
+        raise ProtocolError(ErrorCode.MALFORMED, f"count is {count} but the batch has {lines} lines")
+    try:
+        bets.decode("utf-8")
+        valid = _BET_LINES_RE.fullmatch(bets) is not None and all(
+            _is_leap(int(m.group(1))) for m in _FEB29_RE.finditer(bets)
+        )
+    except UnicodeDecodeError:
+        valid = False
+    if valid:
+        return
+    for number, line in enumerate(bets.split(b"\n")[:count], start=1):
+        reason = bet_line_error(line)
+        if reason is not None:
+            raise ProtocolError(ErrorCode.INVALID_BET, f"bet {number}: {reason}")
+    raise ProtocolError(ErrorCode.INVALID_BET, "invalid bet")  # unreachable for consistent rules
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def frame(msg_type: MsgType, payload: bytes) -> bytes:
+    """One whole frame; refuses to build one larger than MAX_FRAME."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return HEADER.pack(VERSION, msg_type, len(payload)) + payload
+
+
+def bet_lines(bets: list[tuple[str, str, str, str, str]]) -> bytes:
+    """The `lines` block of a BET from (first, last, document, birthdate, number) tuples."""
+    return "".join(",".join(bet) + "\n" for bet in bets).encode("utf-8")
+
+
+def encode(msg: Message) -> bytes:
+    if isinstance(msg, Echo):
+        return frame(MsgType.ECHO, msg.payload)
+    if isinstance(msg, Bet):
+        return frame(MsgType.BET, _BET_HEAD.pack(msg.agency, msg.seq, msg.count) + msg.bets)
+    if isinstance(msg, Ack):
+        return frame(MsgType.ACK, _PAIR.pack(msg.agency, msg.seq))
+    if isinstance(msg, Fin):
+        return frame(MsgType.FIN, _PAIR.pack(msg.agency, msg.batches))
+    if isinstance(msg, FinAck):
+        return frame(MsgType.FIN_ACK, _U32.pack(msg.agency))
+    if isinstance(msg, WinnersQuery):
+        return frame(MsgType.WINNERS_QUERY, _U32.pack(msg.agency))
+    if isinstance(msg, Winners):
+        documents = "".join(d + "\n" for d in msg.documents).encode("ascii")
+        head = _WINNERS_HEAD.pack(msg.agency, 1 if msg.last else 0, len(msg.documents))
+        return frame(MsgType.WINNERS, head + documents)
+    if isinstance(msg, Error):
+        reason = msg.reason.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore").encode("utf-8")
+        return frame(MsgType.ERROR, _ERROR_HEAD.pack(msg.code, msg.seq) + reason)
+    raise TypeError(f"not a message: {msg!r}")
+
+
+def winners_pages(agency: int, documents: list[str]) -> list[bytes]:
+    """The WINNERS frames answering `agency`: as many pages as needed, the last flagged."""
+    room = MAX_PAYLOAD - WINNERS_HEADER_SIZE
+    pages: list[list[str]] = [[]]
+    used = 0
+    for document in documents:
+        size = len(document) + 1
+        if used + size > room:
+            pages.append([])
+            used = 0
+        pages[-1].append(document)
+        used += size
+    return [
+        encode(Winners(agency, i == len(pages) - 1, tuple(page))) for i, page in enumerate(pages)
+    ]
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def parse_header(header: bytes) -> tuple[int, int]:
+    """(type, length) of a 6-byte header; raises ProtocolError before any payload is read."""
+    version, msg_type, length = HEADER.unpack(header)
+    if version != VERSION:
+        raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"version {version}, want {VERSION}")
+    if length > MAX_PAYLOAD:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"length {length} exceeds {MAX_PAYLOAD}")
+    return msg_type, length
+
+
+def _fixed(payload: bytes, layout: struct.Struct, name: str) -> tuple[int, ...]:
+    if len(payload) != layout.size:
+        raise ProtocolError(
+            ErrorCode.MALFORMED, f"{name} payload is {len(payload)} bytes, want {layout.size}"
+        )
+    return layout.unpack(payload)
+
+
+def _positive(name: str, value: int) -> int:
+    if value == 0:
+        raise ProtocolError(ErrorCode.MALFORMED, f"{name} must not be 0")
+    return value
+
+
+def _decode_lines(body: bytes, count: int, name: str) -> tuple[str, ...]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ProtocolError(ErrorCode.MALFORMED, f"{name} is not UTF-8") from err
+    if text.count("\n") != count or (text and not text.endswith("\n")):
+        raise ProtocolError(ErrorCode.MALFORMED, f"{name} does not hold {count} lines")
+    return tuple(text.split("\n")[:count])
+
+
+def decode_payload(msg_type: int, payload: bytes) -> Message:
+    """The message in one payload. BET batches are validated here, bet by bet."""
+    if msg_type == MsgType.ECHO:
+        return Echo(bytes(payload))
+    if msg_type == MsgType.BET:
+        if len(payload) < BET_HEADER_SIZE:
+            raise ProtocolError(ErrorCode.MALFORMED, f"BET payload is {len(payload)} bytes")
+        agency, seq, count = _BET_HEAD.unpack_from(payload)
+        _positive("agency", agency)
+        _positive("seq", seq)
+        _positive("count", count)
+        bets = bytes(payload[BET_HEADER_SIZE:])
+        try:
+            validate_bets(bets, count)
+        except ProtocolError as err:
+            err.seq = seq
+            raise
+        return Bet(agency, seq, count, bets)
+    if msg_type == MsgType.ACK:
+        return Ack(*_fixed(payload, _PAIR, "ACK"))
+    if msg_type == MsgType.FIN:
+        agency, batches = _fixed(payload, _PAIR, "FIN")
+        return Fin(_positive("agency", agency), batches)
+    if msg_type == MsgType.FIN_ACK:
+        return FinAck(*_fixed(payload, _U32, "FIN_ACK"))
+    if msg_type == MsgType.WINNERS_QUERY:
+        (agency,) = _fixed(payload, _U32, "WINNERS_QUERY")
+        return WinnersQuery(_positive("agency", agency))
+    if msg_type == MsgType.WINNERS:
+        if len(payload) < WINNERS_HEADER_SIZE:
+            raise ProtocolError(ErrorCode.MALFORMED, f"WINNERS payload is {len(payload)} bytes")
+        agency, last, count = _WINNERS_HEAD.unpack_from(payload)
+        if last > 1:
+            raise ProtocolError(ErrorCode.MALFORMED, f"WINNERS last is {last}")
+        documents = _decode_lines(bytes(payload[WINNERS_HEADER_SIZE:]), count, "documents")
+        return Winners(agency, bool(last), documents)
+    if msg_type == MsgType.ERROR:
+        if len(payload) < _ERROR_HEAD.size:
+            raise ProtocolError(ErrorCode.MALFORMED, f"ERROR payload is {len(payload)} bytes")
+        code, seq = _ERROR_HEAD.unpack_from(payload)
+        try:
+            code = ErrorCode(code)
+            reason = bytes(payload[_ERROR_HEAD.size :]).decode("utf-8")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ProtocolError(ErrorCode.MALFORMED, "bad ERROR payload") from err
+        return Error(code, seq, reason)
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {msg_type}")
+
+
+def read_frame(read_exact: Callable[[int], bytes]) -> Message:
+    """Read one message with `read_exact(n)`, which returns exactly n bytes or raises."""
+    msg_type, length = parse_header(read_exact(HEADER_SIZE))
+    return decode_payload(msg_type, read_exact(length) if length else b"")
