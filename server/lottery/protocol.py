@@ -21,11 +21,11 @@ MAX_PAYLOAD = MAX_FRAME - HEADER_SIZE  # 8186
 MAX_REASON = 255
 
 _U32 = struct.Struct(">I")
-_BET_HEAD = struct.Struct(">IIH")  # agency, seq, count
+BET_HEAD = struct.Struct(">IIH")  # agency, seq, count
 _PAIR = struct.Struct(">II")  # ACK (agency, seq) and FIN (agency, batches)
 _WINNERS_HEAD = struct.Struct(">IBH")  # agency, last, count
 _ERROR_HEAD = struct.Struct(">HI")  # code, seq
-BET_HEADER_SIZE = _BET_HEAD.size  # 10
+BET_HEADER_SIZE = BET_HEAD.size  # 10
 MAX_BETS_BYTES = MAX_PAYLOAD - BET_HEADER_SIZE  # 8176
 WINNERS_HEADER_SIZE = _WINNERS_HEAD.size  # 7
 
@@ -228,7 +228,7 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, Echo):
         return frame(MsgType.ECHO, msg.payload)
     if isinstance(msg, Bet):
-        return frame(MsgType.BET, _BET_HEAD.pack(msg.agency, msg.seq, msg.count) + msg.bets)
+        return frame(MsgType.BET, BET_HEAD.pack(msg.agency, msg.seq, msg.count) + msg.bets)
     if isinstance(msg, Ack):
         return frame(MsgType.ACK, _PAIR.pack(msg.agency, msg.seq))
     if isinstance(msg, Fin):
@@ -308,7 +308,7 @@ def decode_payload(msg_type: int, payload: bytes) -> Message:
     if msg_type == MsgType.BET:
         if len(payload) < BET_HEADER_SIZE:
             raise ProtocolError(ErrorCode.MALFORMED, f"BET payload is {len(payload)} bytes")
-        agency, seq, count = _BET_HEAD.unpack_from(payload)
+        agency, seq, count = BET_HEAD.unpack_from(payload)
         _positive("agency", agency)
         _positive("seq", seq)
         _positive("count", count)

@@ -1,0 +1,1 @@
+"""The central server of the national lottery: protocol, storage, draw, workers and supervisor."""

@@ -1,0 +1,133 @@
+"""Server configuration: config.ini's [DEFAULT] section, each key overridable by the environment.
+
+Every key is required (config.ini ships them all) and checked here, so a bad value stops the
+server at start with one error that names the key.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; `key` names it."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    port: int
+    ip: str
+    listen_backlog: int
+    logging_level: str
+    agencies: int
+    storage_dir: Path
+    workers: int
+    worker_connections: int
+    idle_timeout: float
+    shutdown_timeout: float
+
+    def log_fields(self) -> str:
+        return (
+            f"port: {self.port} | listen_backlog: {self.listen_backlog} | "
+            f"logging_level: {self.logging_level} | ip: {self.ip} | agencies: {self.agencies} | "
+            f"storage_dir: {self.storage_dir} | workers: {self.workers} | "
+            f"worker_connections: {self.worker_connections} | idle_timeout: {self.idle_timeout:g} | "
+            f"shutdown_timeout: {self.shutdown_timeout:g}"
+        )
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise ValueError(f"{value:g} is outside (0, 86400] seconds")
+    return value
+
+
+def _ip(raw: str) -> str:
+    if raw in ("", "0.0.0.0", "localhost"):
+        return raw
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not an IP address") from None
+    return raw
+
+
+def _level(raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{raw!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _directory(raw: str) -> Path:
+    if not raw:
+        raise ValueError("empty path")
+    return Path(raw)
+
+
+def load(path: Path, environ: Mapping[str, str] = os.environ) -> ServerConfig:
+    """Read `path`, apply environment overrides, validate; raises ConfigError."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keep the keys' upper case
+    try:
+        with open(path, encoding="utf-8") as file:
+            parser.read_file(file)
+    except OSError as err:
+        raise ConfigError("config_file", f"cannot read {path}: {err.strerror}") from err
+    except configparser.Error as err:
+        raise ConfigError("config_file", f"cannot parse {path}: {err}") from err
+    section = parser["DEFAULT"]
+
+    def get(key: str, parse: Callable[[str], T]) -> T:
+        raw = environ.get(key, section.get(key))
+        if raw is None:
+            raise ConfigError(key, "missing")
+        try:
+            return parse(raw.strip())
+        except ValueError as err:
+            raise ConfigError(key, str(err)) from None
+
+    workers = get("WORKERS", _integer(0, 256)) or (os.cpu_count() or 1)
+    return ServerConfig(
+        port=get("SERVER_PORT", _integer(1, 65535)),
+        ip=get("SERVER_IP", _ip),
+        listen_backlog=get("SERVER_LISTEN_BACKLOG", _integer(1, 65535)),
+        logging_level=get("LOGGING_LEVEL", _level),
+        agencies=get("AGENCIES", _integer(1, 1_000_000)),
+        storage_dir=get("STORAGE_DIR", _directory),
+        workers=workers,
+        worker_connections=get("WORKER_CONNECTIONS", _integer(1, 10_000)),
+        idle_timeout=get("IDLE_TIMEOUT", _seconds),
+        shutdown_timeout=get("SHUTDOWN_TIMEOUT", _seconds),
+    )

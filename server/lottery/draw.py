@@ -1,0 +1,82 @@
+"""The draw: find the winning bets once every agency has finished, and keep the result.
+
+A winner is a bet whose number is WINNING_NUMBER. The draw streams bets.csv in chunks (it never
+holds every bet) and writes ``winners.csv`` (``agency,document`` lines) atomically: temporary
+file, fsync, rename, fsync of the directory. The file's existence is the fact "the draw has
+happened", so a restarted server answers winners queries without drawing again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .storage import BETS_FILE
+
+WINNING_NUMBER = 7574
+WINNERS_FILE = "winners.csv"
+CHUNK_SIZE = 1 << 20
+
+# agency,first_name,last_name,document,birthdate,number, with number == 7574 as an integer.
+_WINNER_RE = re.compile(
+    rb"^([0-9]+),[^,\n]*,[^,\n]*,([0-9]+),[^,\n]*,0*" + str(WINNING_NUMBER).encode() + rb"$",
+    re.MULTILINE,
+)
+
+
+def winners_path(directory: Path) -> Path:
+    return directory / WINNERS_FILE
+
+
+def draw_done(directory: Path) -> bool:
+    return winners_path(directory).exists()
+
+
+def find_winners(bets_path: Path, size: int) -> list[tuple[int, str]]:
+    """(agency, document) of every winning bet in the first `size` bytes of `bets_path`."""
+    winners: list[tuple[int, str]] = []
+    remaining = size
+    carry = b""
+    with open(bets_path, "rb") as bets:
+        while remaining > 0:
+            chunk = bets.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            block = carry + chunk
+            cut = block.rfind(b"\n") + 1  # only whole lines; the rest waits for the next chunk
+            carry = block[cut:]
+            winners.extend(
+                (int(m.group(1)), m.group(2).decode("ascii"))
+                for m in _WINNER_RE.finditer(block, 0, cut)
+            )
+    return winners
+
+
+def run_draw(directory: Path, bets_size: int) -> int:
+    """Draw over the stored bets and persist the result; returns the number of winners."""
+    winners = find_winners(directory / BETS_FILE, bets_size)
+    final = winners_path(directory)
+    temporary = final.with_suffix(".tmp")
+    with open(temporary, "wb") as out:
+        out.write(b"".join(b"%d,%s\n" % (agency, doc.encode()) for agency, doc in winners))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, final)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(winners)
+
+
+def load_winners(directory: Path) -> dict[int, list[str]]:
+    """The persisted draw result, by agency. Only winners are kept, so it is small."""
+    by_agency: dict[int, list[str]] = {}
+    with open(winners_path(directory), "rb") as result:
+        for line in result:
+            agency, document = line.rstrip(b"\n").split(b",")
+            by_agency.setdefault(int(agency), []).append(document.decode("ascii"))
+    return by_agency

@@ -1,0 +1,39 @@
+"""Log output: one `<date> <time> <LEVEL> action: ... | result: ...` line per event on stdout.
+
+Several processes share stdout, so each record is written with a single unbuffered os.write:
+lines never interleave, and nothing sits in a buffer that a fork would duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+FORMAT = "%(asctime)s %(levelname)s %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class FdHandler(logging.Handler):
+    """Writes each formatted record, newline included, with one os.write to a file descriptor."""
+
+    def __init__(self, fd: int = 1) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "replace")
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except Exception:  # noqa: BLE001 - logging must never take the server down
+            self.handleError(record)
+
+
+def setup(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = FdHandler()
+    handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)

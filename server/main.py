@@ -1,0 +1,43 @@
+"""Entry point of the central server: load the configuration, log it, run the supervisor.
+
+    python3 server/main.py            # reads config.ini beside this file
+    SERVER_CONFIG=/path/config.ini python3 server/main.py
+
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 1 on a bad configuration or a fatal error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lottery import config as server_config
+from lottery import logs
+from lottery.storage import StorageError
+from lottery.supervisor import Supervisor
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.ini"
+
+
+def main() -> int:
+    logs.setup("INFO")
+    log = logging.getLogger("main")
+    path = Path(os.environ.get("SERVER_CONFIG", DEFAULT_CONFIG))
+    try:
+        config = server_config.load(path)
+    except server_config.ConfigError as err:
+        log.error("action: config | result: fail | key: %s | error: %s", err.key, err.problem)
+        return 1
+    logs.setup(config.logging_level)
+    log.info("action: config | result: success | %s", config.log_fields())
+    try:
+        return Supervisor(config).run()
+    except (OSError, StorageError) as err:
+        log.error("action: exit | result: fail | error: %s", err)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
