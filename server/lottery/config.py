@@ -119,15 +119,24 @@ def load(path: Path, environ: Mapping[str, str] = os.environ) -> ServerConfig:
             raise ConfigError(key, str(err)) from None
 
     workers = get("WORKERS", _integer(0, 256)) or (os.cpu_count() or 1)
+    agencies = get("AGENCIES", _integer(1, 1_000_000))
+    worker_connections = get("WORKER_CONNECTIONS", _integer(1, 10_000))
+    if workers * worker_connections < agencies:
+        # Agencies keep their connection until the draw, and the draw waits for every agency:
+        # with fewer slots than agencies the last ones would wait in the backlog forever.
+        raise ConfigError(
+            "WORKER_CONNECTIONS",
+            f"{workers} workers x {worker_connections} connections is fewer than the {agencies} agencies",
+        )
     return ServerConfig(
         port=get("SERVER_PORT", _integer(1, 65535)),
         ip=get("SERVER_IP", _ip),
         listen_backlog=get("SERVER_LISTEN_BACKLOG", _integer(1, 65535)),
         logging_level=get("LOGGING_LEVEL", _level),
-        agencies=get("AGENCIES", _integer(1, 1_000_000)),
+        agencies=agencies,
         storage_dir=get("STORAGE_DIR", _directory),
         workers=workers,
-        worker_connections=get("WORKER_CONNECTIONS", _integer(1, 10_000)),
+        worker_connections=worker_connections,
         idle_timeout=get("IDLE_TIMEOUT", _seconds),
         shutdown_timeout=get("SHUTDOWN_TIMEOUT", _seconds),
     )

@@ -1,0 +1,218 @@
+"""Shared test fixtures: the real server as a process, raw protocol sockets, the real Go agency binary.
+
+Every wait here has a timeout; a test that would hang fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_DIR = ROOT / "server"
+CLIENT_DIR = ROOT / "client"
+sys.path.insert(0, str(SERVER_DIR))
+
+from lottery import protocol  # noqa: E402
+
+# Winners per agency of the default data set in .data/ (the README states the same figures).
+DEFAULT_WINNERS = {1: 3, 2: 0, 3: 2, 4: 5, 5: 1}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class ServerProcess:
+    """The real server (server/main.py) as a child process, logging to a file."""
+
+    def __init__(self, storage: Path, log_path: Path, agencies: int = 1, **env: object) -> None:
+        self.port = free_port()
+        self.storage = storage
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "SERVER_PORT": str(self.port),
+            "SERVER_IP": "127.0.0.1",
+            "STORAGE_DIR": str(storage),
+            "AGENCIES": str(agencies),
+            "WORKERS": "2",
+            "IDLE_TIMEOUT": "30",
+            "SHUTDOWN_TIMEOUT": "3",
+            **{key: str(value) for key, value in env.items()},
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "ServerProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVER_DIR / "main.py")],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_until(lambda: "action: listen | result: success" in self.log() or self.proc.poll() is not None,
+                   10, "the server to listen")
+        assert self.proc.poll() is None, f"server exited early:\n{self.log()}"
+        wait_until(lambda: self.log().count("action: worker_start") >= int(self.env["WORKERS"]), 10,
+                   "the workers to start")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, pattern: str, timeout: float = 10, count: int = 1) -> None:
+        wait_until(lambda: len(re.findall(pattern, self.log())) >= count, timeout,
+                   f"{count} log line(s) matching {pattern!r}; log:\n{self.log()[-3000:]}")
+
+    def send_signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and its workers, as a crash would."""
+        assert self.proc is not None
+        for pid in worker_pids(self.proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def worker_pids(parent: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator:
+    servers: list[ServerProcess] = []
+
+    def start(agencies: int = 1, storage: Path | None = None, **env: object) -> ServerProcess:
+        server = ServerProcess(storage or tmp_path / "storage", tmp_path / f"server{len(servers)}.log",
+                               agencies, **env)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
+
+
+class Peer:
+    """A raw protocol connection to the server, for tests that speak bytes."""
+
+    def __init__(self, port: int, timeout: float = 10) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+    def send(self, msg: protocol.Message) -> None:
+        self.sock.sendall(protocol.encode(msg))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_exact(self, n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError(f"connection closed after {len(data)} of {n} bytes")
+            data += chunk
+        return bytes(data)
+
+    def recv(self) -> protocol.Message:
+        return protocol.read_frame(self.read_exact)
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def peers() -> Iterator:
+    opened: list[Peer] = []
+
+    def connect(port: int, timeout: float = 10) -> Peer:
+        peer = Peer(port, timeout)
+        opened.append(peer)
+        return peer
+
+    yield connect
+    for peer in opened:
+        peer.close()
+
+
+@pytest.fixture(scope="session")
+def client_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Go agency, built once per test session."""
+    out = tmp_path_factory.mktemp("bin") / "client"
+    subprocess.run(
+        ["go", "build", "-mod=vendor", "-o", str(out), "."],
+        cwd=CLIENT_DIR,
+        check=True,
+        env={**os.environ, "CGO_ENABLED": "0"},
+        timeout=300,
+    )
+    return out
+
+
+def agency_env(agency: int, port: int, data: Path, **extra: object) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CLI_CONFIG": str(CLIENT_DIR / "config.yaml"),
+        "CLI_ID": str(agency),
+        "CLI_SERVER_ADDRESS": f"127.0.0.1:{port}",
+        "CLI_DATA_PATH": str(data),
+        "CLI_LOG_LEVEL": "INFO",
+        **{key: str(value) for key, value in extra.items()},
+    }
+
+
+def bet(document: str, number: str = "1", first: str = "Ana", last: str = "López",
+        birthdate: str = "1990-01-01") -> tuple[str, str, str, str, str]:
+    return (first, last, document, birthdate, number)
+
+
+def batch(agency: int, seq: int, bets: list[tuple[str, str, str, str, str]]) -> protocol.Bet:
+    return protocol.Bet(agency, seq, len(bets), protocol.bet_lines(bets))
