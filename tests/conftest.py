@@ -47,8 +47,9 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
 class ServerProcess:
     """The real server (server/main.py) as a child process, logging to a file."""
 
-    def __init__(self, storage: Path, log_path: Path, agencies: int = 1, **env: object) -> None:
-        self.port = free_port()
+    def __init__(self, storage: Path, log_path: Path, agencies: int = 1, port: int | None = None,
+                 **env: object) -> None:
+        self.port = port or free_port()
         self.storage = storage
         self.log_path = log_path
         self.env = {
@@ -123,9 +124,10 @@ def worker_pids(parent: int) -> list[int]:
 def start_server(tmp_path: Path) -> Iterator:
     servers: list[ServerProcess] = []
 
-    def start(agencies: int = 1, storage: Path | None = None, **env: object) -> ServerProcess:
+    def start(agencies: int = 1, storage: Path | None = None, port: int | None = None,
+              **env: object) -> ServerProcess:
         server = ServerProcess(storage or tmp_path / "storage", tmp_path / f"server{len(servers)}.log",
-                               agencies, **env)
+                               agencies, port, **env)
         servers.append(server)
         return server.start()
 

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Benchmark: the real server and N real Go agencies as processes on 127.0.0.1.
+
+    python tools/bench.py                                  # 5 agencies, 80,000 bets (the default set's size)
+    python tools/bench.py --agencies 50 --bets 1000000
+
+It generates a data set with tools/gen_data.py into a temporary directory, builds the agency
+binary, starts the server with its storage in that directory (fsync'd acknowledgements, as in
+production), launches every agency at once and waits for all of them. It checks the result
+(every agency exits 0 and reports the winners its file holds, every bet is stored once), then
+prints: bets, agencies, wall seconds from the launch of the first agency to the exit of the
+last one (so it includes every connection, batch, fsync, the draw and every winners reply),
+bets per second, and the server's peak memory: the sum of the peak resident set (VmHWM) of the
+supervisor and its workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agencies", type=int, default=5)
+    parser.add_argument("--bets", type=int, default=80_000, help="total over all agencies")
+    parser.add_argument("--workers", type=int, default=0, help="server WORKERS (0 = one per CPU)")
+    parser.add_argument("--batch-max-amount", type=int, default=0, help="agency batch.maxAmount (0 = config.yaml's)")
+    parser.add_argument("--window", type=int, default=0, help="agency batch.window (0 = config.yaml's)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat and report each run and the best")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print it")
+    args = parser.parse_args()
+    if args.agencies < 1 or args.bets < args.agencies:
+        parser.error("need at least one agency and one bet per agency")
+
+    work = Path(tempfile.mkdtemp(prefix="lottery-bench-"))
+    data = work / "data"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_data.py"), "--agencies", str(args.agencies),
+                    "--bets", str(args.bets), "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
+    expected = {}
+    for agency in range(1, args.agencies + 1):
+        text = (data / f"agency-{agency}.csv").read_bytes()
+        expected[agency] = len(re.findall(rb",7574\r?\n", text))
+    binary = work / "client"
+    subprocess.run(["go", "build", "-mod=vendor", "-o", str(binary), "."], cwd=ROOT / "client", check=True,
+                   env={**os.environ, "CGO_ENABLED": "0"})
+    results = [run_once(args, work, data, binary, expected, run) for run in range(1, args.runs + 1)]
+    best = min(results, key=lambda r: r[0])
+    if args.runs > 1:
+        print(f"best of {args.runs}: wall_seconds: {best[0]:.3f} | bets_per_second: {args.bets / best[0]:,.0f}")
+    if args.keep:
+        print(f"kept: {work}")
+    else:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    return 0
+
+
+def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int], run: int) -> tuple[float, int]:
+    storage = work / f"storage-{run}"
+    port = free_port()
+    server_log = work / f"server-{run}.log"
+    env = {**os.environ, "SERVER_PORT": str(port), "SERVER_IP": "127.0.0.1", "STORAGE_DIR": str(storage),
+           "AGENCIES": str(args.agencies), "WORKERS": str(args.workers), "LOGGING_LEVEL": "INFO",
+           "WORKER_CONNECTIONS": str(max(256, args.agencies))}
+    with open(server_log, "wb") as out:
+        server = subprocess.Popen([sys.executable, str(ROOT / "server" / "main.py")], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "action: listen | result: success" in server_log.read_text(), 10, "the server")
+        time.sleep(0.2)  # let the workers finish starting
+        agency_env = {**os.environ, "CLI_CONFIG": str(ROOT / "client" / "config.yaml"),
+                      "CLI_SERVER_ADDRESS": f"127.0.0.1:{port}", "CLI_LOG_LEVEL": "INFO"}
+        if args.batch_max_amount:
+            agency_env["CLI_BATCH_MAXAMOUNT"] = str(args.batch_max_amount)
+        if args.window:
+            agency_env["CLI_BATCH_WINDOW"] = str(args.window)
+        logs = [open(work / f"agency-{run}-{a}.log", "wb+") for a in range(1, args.agencies + 1)]
+        started = time.monotonic()
+        agencies = [
+            subprocess.Popen([str(binary)], stdout=logs[a - 1], stderr=subprocess.STDOUT,
+                             env={**agency_env, "CLI_ID": str(a), "CLI_DATA_PATH": str(data / f"agency-{a}.csv")})
+            for a in range(1, args.agencies + 1)
+        ]
+        codes = [agency.wait(timeout=600) for agency in agencies]
+        wall = time.monotonic() - started
+        memory = peak_rss_kib(server.pid) + sum(peak_rss_kib(pid) for pid in children(server.pid))
+        problems = []
+        for agency, (code, log) in enumerate(zip(codes, logs), start=1):
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace")
+            log.close()
+            found = re.search(r"action: consulta_ganadores \| result: success \| cant_ganadores: (\d+)", text)
+            if code != 0 or not found or int(found.group(1)) != expected[agency]:
+                problems.append(f"agency {agency}: exit {code}, expected {expected[agency]} winners\n{text[-800:]}")
+        stored = sum(1 for _ in open(storage / "bets.csv", "rb"))
+        if stored != args.bets:
+            problems.append(f"{stored} bets stored, {args.bets} sent")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server_code = server.wait(timeout=30)
+    if server_code != 0:
+        problems.append(f"server exit code {server_code}")
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        raise SystemExit("bench: the run was not correct; figures not reported")
+    print(f"run {run}: bets: {args.bets} | agencies: {args.agencies} | wall_seconds: {wall:.3f} | "
+          f"bets_per_second: {args.bets / wall:,.0f} | server_peak_memory_mib: {memory / 1024:.1f} | "
+          f"winners: {sum(expected.values())}")
+    return wall, memory
+
+
+if __name__ == "__main__":
+    sys.exit(main())
