@@ -191,6 +191,8 @@ def validate_bets(bets: bytes, count: int) -> None:
     fails it is split into lines to name the first bad bet.
     """
     lines = bets.count(b"\n")
+    if not bets.endswith(b"\n"):
+        raise ProtocolError(ErrorCode.MALFORMED, "the batch does not end with a newline")
     if lines != count:
         raise ProtocolError(ErrorCode.MALFORMED, f"count is {count} but the batch has {lines} lines")
     try:

@@ -1,0 +1,228 @@
+// Package config owns the client's configuration: the YAML file (CLI_CONFIG, or config.yaml in
+// the working directory), the CLI_* environment overrides, the defaults and the validation.
+// Every validation error names the key it is about: "<key>: <problem>".
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"lottery/client/internal/logs"
+)
+
+// DefaultPath is the config file read when neither -config nor CLI_CONFIG names one. A missing
+// file at the default path is not an error (defaults and environment apply); a missing file
+// that was named explicitly is.
+const DefaultPath = "config.yaml"
+
+// Config is the validated configuration.
+type Config struct {
+	ID                  uint32
+	ServerAddress       string
+	LogLevel            logs.Level
+	BatchMaxAmount      int
+	BatchWindow         int
+	DataPath            string
+	RetryAttempts       int
+	RetryInitialBackoff time.Duration
+	RetryMaxBackoff     time.Duration
+	IOTimeout           time.Duration
+	WinnersTimeout      time.Duration
+	Path                string // the file read, "" if none
+}
+
+// key describes one configuration key: its dotted YAML path, its environment variable and its
+// default ("" means required).
+type key struct {
+	name string
+	env  string
+	def  string
+}
+
+var keys = []key{
+	{"id", "CLI_ID", ""},
+	{"server.address", "CLI_SERVER_ADDRESS", "server:12345"},
+	{"log.level", "CLI_LOG_LEVEL", "INFO"},
+	{"batch.maxAmount", "CLI_BATCH_MAXAMOUNT", "100"},
+	{"batch.window", "CLI_BATCH_WINDOW", "16"},
+	{"data.path", "CLI_DATA_PATH", "/data/agency.csv"},
+	{"retry.attempts", "CLI_RETRY_ATTEMPTS", "10"},
+	{"retry.initialBackoff", "CLI_RETRY_INITIALBACKOFF", "100ms"},
+	{"retry.maxBackoff", "CLI_RETRY_MAXBACKOFF", "5s"},
+	{"io.timeout", "CLI_IO_TIMEOUT", "10s"},
+	{"winners.timeout", "CLI_WINNERS_TIMEOUT", "10m"},
+}
+
+// file mirrors the YAML layout; every leaf is read as a string and parsed here, so a bad value
+// is reported with its key rather than as a YAML type error.
+type file struct {
+	ID     *string `yaml:"id"`
+	Server struct {
+		Address *string `yaml:"address"`
+	} `yaml:"server"`
+	Log struct {
+		Level *string `yaml:"level"`
+	} `yaml:"log"`
+	Batch struct {
+		MaxAmount *string `yaml:"maxAmount"`
+		Window    *string `yaml:"window"`
+	} `yaml:"batch"`
+	Data struct {
+		Path *string `yaml:"path"`
+	} `yaml:"data"`
+	Retry struct {
+		Attempts       *string `yaml:"attempts"`
+		InitialBackoff *string `yaml:"initialBackoff"`
+		MaxBackoff     *string `yaml:"maxBackoff"`
+	} `yaml:"retry"`
+	IO struct {
+		Timeout *string `yaml:"timeout"`
+	} `yaml:"io"`
+	Winners struct {
+		Timeout *string `yaml:"timeout"`
+	} `yaml:"winners"`
+}
+
+func (f *file) values() map[string]*string {
+	return map[string]*string{
+		"id":                   f.ID,
+		"server.address":       f.Server.Address,
+		"log.level":            f.Log.Level,
+		"batch.maxAmount":      f.Batch.MaxAmount,
+		"batch.window":         f.Batch.Window,
+		"data.path":            f.Data.Path,
+		"retry.attempts":       f.Retry.Attempts,
+		"retry.initialBackoff": f.Retry.InitialBackoff,
+		"retry.maxBackoff":     f.Retry.MaxBackoff,
+		"io.timeout":           f.IO.Timeout,
+		"winners.timeout":      f.Winners.Timeout,
+	}
+}
+
+// Load reads the configuration. path is the -config flag ("" if not given); then CLI_CONFIG;
+// then DefaultPath. getenv is os.Getenv outside tests. An environment variable set to the empty
+// string counts as unset.
+func Load(path string, getenv func(string) string) (Config, error) {
+	explicit := true
+	if path == "" {
+		path = getenv("CLI_CONFIG")
+	}
+	if path == "" {
+		path, explicit = DefaultPath, false
+	}
+	raw, err := os.ReadFile(path)
+	var f file
+	switch {
+	case err == nil:
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		// io.EOF: an empty file.
+		if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+			return Config{}, fmt.Errorf("config file %s: %v", path, err)
+		}
+	case !explicit && errors.Is(err, fs.ErrNotExist):
+		path = ""
+	default:
+		return Config{}, fmt.Errorf("config file: %v", err)
+	}
+
+	values := f.values()
+	vals := make(map[string]string, len(keys))
+	for _, k := range keys {
+		v := k.def
+		if p := values[k.name]; p != nil {
+			v = *p
+		}
+		if e := getenv(k.env); e != "" {
+			v = e
+		}
+		vals[k.name] = strings.TrimSpace(v)
+	}
+	c, err := parse(vals)
+	c.Path = path
+	return c, err
+}
+
+func parse(v map[string]string) (Config, error) {
+	var c Config
+	id, err := intIn(v, "id", 1, 1<<32-1)
+	if err != nil {
+		return c, err
+	}
+	c.ID = uint32(id)
+
+	c.ServerAddress = v["server.address"]
+	host, port, err := net.SplitHostPort(c.ServerAddress)
+	if err != nil {
+		return c, fmt.Errorf("server.address: %q is not host:port", c.ServerAddress)
+	}
+	if host == "" {
+		return c, fmt.Errorf("server.address: %q has an empty host", c.ServerAddress)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return c, fmt.Errorf("server.address: port %q is not a number from 1 to 65535", port)
+	}
+
+	if c.LogLevel, err = logs.ParseLevel(v["log.level"]); err != nil {
+		return c, fmt.Errorf("log.level: %v", err)
+	}
+	if c.BatchMaxAmount, err = intIn(v, "batch.maxAmount", 1, 65535); err != nil {
+		return c, err
+	}
+	if c.BatchWindow, err = intIn(v, "batch.window", 1, 1<<20); err != nil {
+		return c, err
+	}
+	if c.DataPath = v["data.path"]; c.DataPath == "" {
+		return c, fmt.Errorf("data.path: must not be empty")
+	}
+	if c.RetryAttempts, err = intIn(v, "retry.attempts", 1, 1<<31-1); err != nil {
+		return c, err
+	}
+	if c.RetryInitialBackoff, err = positiveDuration(v, "retry.initialBackoff"); err != nil {
+		return c, err
+	}
+	if c.RetryMaxBackoff, err = positiveDuration(v, "retry.maxBackoff"); err != nil {
+		return c, err
+	}
+	if c.RetryMaxBackoff < c.RetryInitialBackoff {
+		return c, fmt.Errorf("retry.maxBackoff: %s is less than retry.initialBackoff %s", c.RetryMaxBackoff, c.RetryInitialBackoff)
+	}
+	if c.IOTimeout, err = positiveDuration(v, "io.timeout"); err != nil {
+		return c, err
+	}
+	if c.WinnersTimeout, err = positiveDuration(v, "winners.timeout"); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+func intIn(v map[string]string, name string, lo, hi int64) (int, error) {
+	s := v[name]
+	if s == "" {
+		return 0, fmt.Errorf("%s: required", name)
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("%s: %q is not an integer from %d to %d", name, s, lo, hi)
+	}
+	return int(n), nil
+}
+
+func positiveDuration(v map[string]string, name string) (time.Duration, error) {
+	s := v[name]
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s: %q is not a positive duration (e.g. 100ms, 5s, 10m)", name, s)
+	}
+	return d, nil
+}
