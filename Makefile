@@ -13,6 +13,7 @@ COMPOSE_FILE ?= docker-compose-dev.yaml
 COMPOSE := docker compose -f $(COMPOSE_FILE)
 PYTHON ?= python3
 BENCH_ARGS ?=
+GO_SOURCES = $$(find . -path ./vendor -prune -o -name '*.go' -print)
 
 .PHONY: help docker-image docker-compose-up docker-compose-down docker-compose-logs \
 	docker-compose-reset build test test-go test-python check-docker bench data lint
@@ -49,7 +50,7 @@ check-docker:
 	@docker compose version >/dev/null 2>&1 || { echo "make test: the docker compose v2 plugin is missing"; exit 1; }
 
 test-go: ## Go unit tests with the race detector, plus go vet and gofmt
-	cd client && test -z "$$(gofmt -l $$(go list -f '{{.Dir}}' ./...))" || { echo "gofmt needed:"; gofmt -l $$(go list -f '{{.Dir}}' ./...); exit 1; }
+	cd client && unformatted=$$(gofmt -l $(GO_SOURCES)) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
 	cd client && go vet ./...
 	cd client && go test -race ./...
 
@@ -65,5 +66,5 @@ data: ## Regenerate the default data set in .data/ (5 agencies, ~80,000 bets)
 	$(PYTHON) tools/gen_data.py
 
 lint: ## Static checks: gofmt, go vet, Python byte-compilation
-	cd client && gofmt -l $$(go list -f '{{.Dir}}' ./...) && go vet ./...
+	cd client && gofmt -l $(GO_SOURCES) && go vet ./...
 	$(PYTHON) -m compileall -q server tools tests compose_maker.py
