@@ -100,9 +100,10 @@ done
 kill "$nc_pid" 2>/dev/null
 sent=$(od -An -tx1 /tmp/sent | tr -d " \n")
 got=$(od -An -tx1 /tmp/got | tr -d " \n")
+[ -n "$got" ] && [ "$got" = "$sent" ] && exit 0
 echo "sent: $sent" >&2
 echo "got:  ${got:-(nothing)}" >&2
-[ -n "$got" ] && [ "$got" = "$sent" ]
+exit 1
 '
 
 timeout_cmd=()

@@ -57,6 +57,7 @@ class Supervisor:
         self.signals: list[int] = []
         self.stopping = False
         self.storage: storage.Storage | None = None
+        self.draw_failed = False  # the last draw attempt hit an I/O error: try again
         self._wake_r, self._wake_w = os.pipe()
 
     # --- start --------------------------------------------------------------------------------
@@ -96,6 +97,8 @@ class Supervisor:
                     self._on_worker_message(key.data)
             self._handle_signals()
             self._reap()
+            if self.draw_failed:
+                self._draw_if_ready()
         return self._shutdown()
 
     def _install_signals(self) -> None:
@@ -266,7 +269,14 @@ class Supervisor:
         finished = sum(1 for agency in view.fins if 1 <= agency <= self.config.agencies)
         if finished < self.config.agencies:
             return
-        winners = draw.run_draw(directory, view.bets_end)
+        try:
+            winners = draw.run_draw(directory, view.bets_end)
+        except OSError as err:  # e.g. a full disk: retried on the next loop turn
+            if not self.draw_failed:
+                log.error("action: sorteo | result: fail | error: %s", err)
+            self.draw_failed = True
+            return
+        self.draw_failed = False
         log.info("action: sorteo | result: success")
         log.info("action: draw_result | result: success | winners: %d | agencies: %d", winners, finished)
         for slot in self.slots.values():

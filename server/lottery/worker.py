@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from . import draw, protocol
 from .config import ServerConfig
 from .protocol import ErrorCode, MsgType, ProtocolError
-from .storage import FinOutcome, Outcome, Storage
+from .storage import FinOutcome, Outcome, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class Worker:
     def _on_fin(self, conn: Connection, fin: protocol.Fin) -> None:
         try:
             outcome = self.storage.record_fin(fin.agency, fin.batches)
-        except OSError as err:
+        except (OSError, StorageError) as err:
             self._storage_failed([conn], err)
             return
         if outcome is FinOutcome.RECORDED:
@@ -342,7 +342,7 @@ class Worker:
         pending, self.pending = self.pending, []
         try:
             outcomes = self.storage.store_batches([bet for _, bet in pending])
-        except OSError as err:
+        except (OSError, StorageError) as err:
             for conn, _ in pending:
                 conn.pending = 0
             self._storage_failed([conn for conn, _ in pending], err)
@@ -374,7 +374,7 @@ class Worker:
                 self._log_refused_batch(protocol.BET_HEAD.pack(bet.agency, bet.seq, bet.count), ProtocolError(code, reason))
                 self._reply(conn, protocol.Error(code, bet.seq, reason))
 
-    def _storage_failed(self, conns: list[Connection], err: OSError) -> None:
+    def _storage_failed(self, conns: list[Connection], err: Exception) -> None:
         log.error("action: storage_write | result: fail | worker: %d | error: %s", self.index, err)
         for conn in conns:
             if conn.open:
