@@ -19,7 +19,6 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,24 +143,6 @@ def render(agencies: int, document: dict[str, Any]) -> str:
                               default_flow_style=False, width=1000)
 
 
-def write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".compose-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _data_problems(data_dir: str, agencies: int) -> list[str]:
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         return [f"data dir {data_dir} exists and is not a directory"]
@@ -205,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ensure_data(args.data_dir, args.agencies)
         document = compose(args.agencies, args.data_dir, args.output)
-        write_atomically(args.output, render(args.agencies, document))
+        gen_data.write_atomically(args.output, render(args.agencies, document).encode("utf-8"))
     except (OSError, gen_data.GenerationError) as err:
         print(f"compose_maker.py: error: {err}", file=sys.stderr)
         return 1

@@ -150,9 +150,10 @@ def agency_lines(agency: int, bets: int, winners: int, seed: int) -> list[str]:
     return lines
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file, fsync and rename: never half a file."""
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -178,7 +179,7 @@ def generate_agency(
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    _write_atomically(path, data)
+    write_atomically(path, data)
 
 
 def agency_path(out: str, agency: int) -> str:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from . import draw, storage
+from .wakeup import WakeupPipe
 from .config import ServerConfig
 from .worker import CONNECTION_CLOSED, DRAW_DONE, FIN_RECORDED, NEW_CONNECTION, run_worker
 
@@ -58,7 +59,7 @@ class Supervisor:
         self.stopping = False
         self.storage: storage.Storage | None = None
         self.draw_failed = False  # the last draw attempt hit an I/O error: try again
-        self._wake_r, self._wake_w = os.pipe()
+        self.wakeup = WakeupPipe()
 
     # --- start --------------------------------------------------------------------------------
 
@@ -82,7 +83,7 @@ class Supervisor:
         )
         self.listener.setblocking(False)
         log.info("action: listen | result: success | address: %s:%d", self.config.ip, self.config.port)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.selector.register(self.wakeup, selectors.EVENT_READ, "wake")
         for index in range(1, self.config.workers + 1):
             self._spawn(index)
         self._resume_accepting()
@@ -90,7 +91,7 @@ class Supervisor:
         while not self.stopping:
             for key, _ in self.selector.select(timeout=1.0):
                 if key.data == "wake":
-                    self._drain_wake()
+                    self.wakeup.drain()
                 elif key.data == "listener":
                     self._accept()
                 else:
@@ -102,35 +103,22 @@ class Supervisor:
         return self._shutdown()
 
     def _install_signals(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(self._wake_w)
+        self.wakeup.install()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)  # the main loop acts on it
 
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _handle_signals(self) -> bool:
-        """Act on recorded signals; True if a stop was asked for."""
-        stop = False
+    def _handle_signals(self) -> None:
+        """Act on the recorded signals: SIGTERM and SIGINT start the shutdown."""
         while self.signals:
             signum = self.signals.pop(0)
             if signum in (signal.SIGTERM, signal.SIGINT):
                 log.info(
                     "action: shutdown | result: in_progress | signal: %s", signal.Signals(signum).name
                 )
-                stop = True
-        if stop:
-            self.stopping = True
-        return stop
+                self.stopping = True
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -155,16 +143,14 @@ class Supervisor:
 
     def _close_inherited(self) -> None:
         """In a new child: drop the supervisor's sockets, pipes, signals and storage handle."""
-        signal.set_wakeup_fd(-1)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
+        self.wakeup.close()
         self.selector.close()
         if self.listener is not None:
             self.listener.close()
         for slot in self.slots.values():
             slot.channel.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
         if self.storage is not None:
             self.storage.close()
 
@@ -297,7 +283,7 @@ class Supervisor:
         deadline = time.monotonic() + self.config.shutdown_timeout
         while self.slots and time.monotonic() < deadline:
             self.selector.select(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
-            self._drain_wake()
+            self.wakeup.drain()
             self.signals = [s for s in self.signals if s != signal.SIGCHLD]
             if self.signals:
                 log.warning("action: shutdown | result: in_progress | reason: second signal, killing workers")
@@ -322,9 +308,7 @@ class Supervisor:
         if self.storage is not None:
             self.storage.close()
             log.info("action: close_storage | result: success")
-        signal.set_wakeup_fd(-1)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self.wakeup.close()
         log.info("action: exit | result: success")
         return 0
 

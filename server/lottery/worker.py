@@ -27,6 +27,7 @@ from . import draw, protocol
 from .config import ServerConfig
 from .protocol import ErrorCode, MsgType, ProtocolError
 from .storage import FinOutcome, Outcome, Storage, StorageError
+from .wakeup import WakeupPipe
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +71,25 @@ class Worker:
         self.dirty: set[Connection] = set()
         self.winners: dict[int, list[str]] | None = None
         self.stopping = False
-        self._wake_r, self._wake_w = os.pipe()
+        self.wakeup = WakeupPipe()
 
     # --- life cycle ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(self._wake_w)
+        self.wakeup.install()
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if draw.draw_done(self.config.storage_dir):
             self.winners = draw.load_winners(self.config.storage_dir)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.selector.register(self.wakeup, selectors.EVENT_READ, "wake")
         self.selector.register(self.channel, selectors.EVENT_READ, "channel")
         log.debug("action: worker_start | result: success | worker: %d | pid: %d", self.index, os.getpid())
         next_sweep = time.monotonic() + 1.0
         while not self.stopping:
             for key, mask in self.selector.select(timeout=1.0):
                 if key.data == "wake":
-                    self._drain_wake()
+                    self.wakeup.drain()
                 elif key.data == "channel":
                     self._on_channel()
                 else:
@@ -106,13 +105,6 @@ class Worker:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.stopping = True  # the loop acts; a handler only records
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
 
     def _shutdown(self) -> None:
         """Finish this turn's batches, tell every peer we are leaving, close everything."""
@@ -131,8 +123,7 @@ class Worker:
         log.info("action: close_channel | result: success | worker: %d", self.index)
         self.storage.close()
         log.info("action: close_storage | result: success | worker: %d", self.index)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self.wakeup.close()
         log.info("action: worker_exit | result: success | worker: %d", self.index)
 
     # --- channel ------------------------------------------------------------------------------
