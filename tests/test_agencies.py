@@ -233,3 +233,18 @@ def test_bad_input_from_a_raw_socket_does_not_harm_running_agencies(start_server
     expected = sum(data_rows(DATA / f"agency-{a}.csv") for a in range(1, 4))
     wait_until(lambda: len(stored_documents(server.storage)) == expected, 5, "every bet stored")
     assert len(set(stored_documents(server.storage))) == expected
+
+
+def test_per_bet_lines_appear_only_at_debug(start_server, launch, tmp_path) -> None:
+    data = tmp_path / "three.csv"
+    data.write_text("Ana,Paz,501,1990-01-01,7574\nBea,Ruiz,502,1991-02-02,12\nCid,Sosa,503,1992-03-03,99\n",
+                    encoding="utf-8")
+    server = start_server(LOGGING_LEVEL="DEBUG")
+    client = launch(1, server.port, data, CLI_LOG_LEVEL="DEBUG")
+    assert client.wait() == 0, client.log()
+    sent = re.findall(r"DEBUG action: apuesta_enviada \| result: success \| dni: (\d+) \| numero: (\d+)", client.log())
+    assert sent == [("501", "7574"), ("502", "12"), ("503", "99")]
+    server.wait_log(r"apuesta_almacenada", count=3)
+    stored = re.findall(r"DEBUG action: apuesta_almacenada \| result: success \| dni: (\d+) \| numero: (\d+)",
+                        server.log())
+    assert stored == sent

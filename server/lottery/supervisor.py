@@ -32,11 +32,17 @@ from .worker import CONNECTION_CLOSED, DRAW_DONE, FIN_RECORDED, NEW_CONNECTION, 
 log = logging.getLogger(__name__)
 
 
+# A worker that dies sooner than this after its start is replaced only after this delay, so a
+# worker that cannot start (storage unreadable, say) does not make the supervisor fork in a loop.
+RESPAWN_DELAY = 1.0
+
+
 @dataclass(eq=False)
 class WorkerSlot:
     index: int
     pid: int
     channel: socket.socket
+    started: float
     connections: int = 0
 
 
@@ -59,6 +65,7 @@ class Supervisor:
         self.stopping = False
         self.storage: storage.Storage | None = None
         self.draw_failed = False  # the last draw attempt hit an I/O error: try again
+        self.respawns: dict[int, float] = {}  # worker index -> when to start its replacement
         self.wakeup = WakeupPipe()
 
     # --- start --------------------------------------------------------------------------------
@@ -89,7 +96,7 @@ class Supervisor:
         self._resume_accepting()
         self._draw_if_ready()
         while not self.stopping:
-            for key, _ in self.selector.select(timeout=1.0):
+            for key, _ in self.selector.select(timeout=0.1 if self.respawns else 1.0):
                 if key.data == "wake":
                     self.wakeup.drain()
                 elif key.data == "listener":
@@ -136,7 +143,7 @@ class Supervisor:
             finally:
                 os._exit(code)
         child_end.close()
-        slot = WorkerSlot(index, pid, parent_end)
+        slot = WorkerSlot(index, pid, parent_end, time.monotonic())
         self.slots[pid] = slot
         self.selector.register(parent_end, selectors.EVENT_READ, slot)
         log.info("action: worker_start | result: success | worker: %d | pid: %d", index, pid)
@@ -173,9 +180,9 @@ class Supervisor:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             slot = self.slots.pop(pid, None)
             if slot is None:
                 continue
@@ -195,8 +202,17 @@ class Supervisor:
                     pass
                 slot.channel.close()
                 log.info("action: close_channel | result: success | worker: %d", slot.index)
-            if not self.stopping:
-                self._spawn(slot.index)  # its connections are lost; those agencies reconnect
+            if not self.stopping:  # its connections are lost; those agencies reconnect
+                early = time.monotonic() - slot.started < RESPAWN_DELAY
+                self.respawns[slot.index] = time.monotonic() + (RESPAWN_DELAY if early else 0.0)
+        self._respawn_due()
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        for index, when in list(self.respawns.items()):
+            if when <= now and not self.stopping:
+                del self.respawns[index]
+                self._spawn(index)
                 self._resume_accepting()
 
     # --- accepting ----------------------------------------------------------------------------
