@@ -58,6 +58,35 @@ class FinOutcome(enum.Enum):
     GAP = "gap"
 
 
+@dataclass(frozen=True)
+class JournalRecord:
+    """One journal line: ``batch <agency> <seq> <end> <crc32>`` or ``fin <agency> <batches>``."""
+
+    kind: str  # "batch" or "fin"
+    agency: int
+    seq: int  # the batch's seq; for a FIN, the batches it announces
+    end: int = 0  # batch: size of bets.csv after it
+    crc: int = 0  # batch: CRC32 of its bytes in bets.csv
+
+    def encode(self) -> bytes:
+        if self.kind == "batch":
+            return b"batch %d %d %d %08x\n" % (self.agency, self.seq, self.end, self.crc)
+        return b"fin %d %d\n" % (self.agency, self.seq)
+
+    @classmethod
+    def parse(cls, line: bytes) -> "JournalRecord":
+        """The record in one line (without its newline); StorageError if it is not one."""
+        parts = line.split(b" ")
+        try:
+            if parts[0] == b"batch" and len(parts) == 5:
+                return cls("batch", int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4], 16))
+            if parts[0] == b"fin" and len(parts) == 3:
+                return cls("fin", int(parts[1]), int(parts[2]))
+        except ValueError:
+            pass
+        raise StorageError(f"corrupt journal line {line[:80]!r}")
+
+
 @dataclass
 class JournalView:
     """What the journal says so far; rebuilt from the file, never shared between processes."""
@@ -69,33 +98,25 @@ class JournalView:
     fins: dict[int, int] = field(default_factory=dict)  # agency -> batches announced
 
     def fold(self, data: bytes) -> int:
-        """Fold in the complete lines at the start of `data`; returns the bytes consumed.
-
-        The caller advances `offset` by what was consumed.
-        """
+        """Fold in the complete lines at the start of `data`, the journal's bytes from `offset`
+        on, and advance `offset` past them; returns the bytes consumed."""
         consumed = 0
         while True:
             newline = data.find(b"\n", consumed)
             if newline < 0:
                 return consumed
-            self._apply(data[consumed:newline])
+            self.apply(JournalRecord.parse(data[consumed:newline]), newline + 1 - consumed)
             consumed = newline + 1
 
-    def _apply(self, line: bytes) -> None:
-        parts = line.split(b" ")
-        try:
-            if parts[0] == b"batch" and len(parts) == 5:
-                agency, seq, end = int(parts[1]), int(parts[2]), int(parts[3])
-                self.last_seq[agency] = seq
-                self.bets_end = end
-                self.batches += 1
-                return
-            if parts[0] == b"fin" and len(parts) == 3:
-                self.fins[int(parts[1])] = int(parts[2])
-                return
-        except ValueError:
-            pass
-        raise StorageError(f"corrupt journal line {line[:80]!r}")
+    def apply(self, record: JournalRecord, size: int) -> None:
+        """Fold in one record that took `size` bytes of the journal."""
+        if record.kind == "batch":
+            self.last_seq[record.agency] = record.seq
+            self.bets_end = record.end
+            self.batches += 1
+        else:
+            self.fins[record.agency] = record.seq
+        self.offset += size
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -139,33 +160,22 @@ def recover(directory: Path) -> RecoveryReport:
     for path in (bets_path, journal_path, directory / LOCK_FILE):
         path.touch(exist_ok=True)
     journal = journal_path.read_bytes()
-    batches = fins = 0
-    good_journal = 0  # journal bytes that are valid
-    good_bets = 0  # bets.csv bytes covered by valid batches
+    view = JournalView()  # what is valid so far
     with open(bets_path, "rb") as bets:
-        start = 0
         for line in journal.splitlines(keepends=True):
             if not line.endswith(b"\n"):
                 break  # torn last line
-            parts = line.split()
-            if parts and parts[0] == b"fin" and len(parts) == 3:
-                fins += 1
-            elif parts and parts[0] == b"batch" and len(parts) == 5:
-                try:
-                    end, crc = int(parts[3]), int(parts[4], 16)
-                except ValueError:
-                    break
-                if end < start:
-                    break
-                data = bets.read(end - start)
-                if len(data) != end - start or zlib.crc32(data) != crc:
-                    break
-                start = end
-                good_bets = end
-                batches += 1
-            else:
+            try:
+                record = JournalRecord.parse(line[:-1])
+            except StorageError:
                 break
-            good_journal += len(line)
+            if record.kind == "batch":
+                size = record.end - view.bets_end
+                data = bets.read(size) if size >= 0 else b""
+                if size < 0 or len(data) != size or zlib.crc32(data) != record.crc:
+                    break  # these bytes never fully reached the disk
+            view.apply(record, len(line))
+    good_journal, good_bets = view.offset, view.bets_end
     cut_journal = len(journal) - good_journal
     cut_bets = bets_path.stat().st_size - good_bets
     if cut_journal:
@@ -180,7 +190,7 @@ def recover(directory: Path) -> RecoveryReport:
             finally:
                 os.close(fd)
     _fsync_dir(directory)
-    return RecoveryReport(batches, fins, good_bets, cut_bets, cut_journal)
+    return RecoveryReport(view.batches, len(view.fins), good_bets, cut_bets, cut_journal)
 
 
 class Storage:
@@ -216,7 +226,6 @@ class Storage:
         if size > self.view.offset:
             data = os.pread(self._journal_fd, size - self.view.offset, self.view.offset)
             consumed = self.view.fold(data)
-            self.view.offset += consumed
             if consumed < len(data):  # a writer died in the middle of a journal line
                 os.ftruncate(self._journal_fd, self.view.offset)
                 log.warning(
@@ -267,10 +276,8 @@ class Storage:
                     data = csv_lines(batch.agency, batch.bets)
                     end += len(data)
                     bets_chunks.append(data)
-                    journal_lines.append(
-                        b"batch %d %d %d %08x\n"
-                        % (batch.agency, batch.seq, end, zlib.crc32(data))
-                    )
+                    record = JournalRecord("batch", batch.agency, batch.seq, end, zlib.crc32(data))
+                    journal_lines.append(record.encode())
                     pending_seq[batch.agency] = batch.seq
                     outcomes.append(Outcome.STORED)
             if bets_chunks:
@@ -278,7 +285,6 @@ class Storage:
                 journal = b"".join(journal_lines)
                 _write_all(self._journal_fd, journal)
                 view.fold(journal)
-                view.offset += len(journal)
         self.sync()  # outside the lock: one sync covers every process's appends so far
         return outcomes
 
@@ -290,9 +296,8 @@ class Storage:
                 return FinOutcome.DUPLICATE
             if view.last_seq.get(agency, 0) != batches:
                 return FinOutcome.GAP
-            line = b"fin %d %d\n" % (agency, batches)
+            line = JournalRecord("fin", agency, batches).encode()
             _write_all(self._journal_fd, line)
             view.fold(line)
-            view.offset += len(line)
         self.sync()
         return FinOutcome.RECORDED
