@@ -48,6 +48,7 @@ check-docker:
 	  echo "the compose v2 plugin; here run 'source ../shared/ci/docker-env.sh' first. Nothing was skipped."; \
 	  exit 1; }
 	@docker compose version >/dev/null 2>&1 || { echo "make test: the docker compose v2 plugin is missing"; exit 1; }
+	@command -v strace >/dev/null 2>&1 || { echo "make test: strace is missing (the fault tests inject fsync errors with it): apt-get install strace"; exit 1; }
 
 test-go: ## Go unit tests with the race detector, plus go vet and gofmt
 	cd client && unformatted=$$(gofmt -l $(GO_SOURCES)) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
@@ -59,7 +60,7 @@ test-python: ## Python tests: unit, integration with real processes, Docker end 
 
 test: check-docker test-go test-python ## Every test, the Docker ones included (fails if Docker is missing)
 
-bench: ## Benchmark: server + N Go agencies as processes on 127.0.0.1 (BENCH_ARGS="--agencies 50 --bets 1000000")
+bench: ## Benchmark: server + N Go agencies as processes (BENCH_ARGS="--agencies 50 --bets 1000000", or "--restart-batches 3000000")
 	$(PYTHON) tools/bench.py $(BENCH_ARGS)
 
 data: ## Regenerate the default data set in .data/ (5 agencies, ~80,000 bets)

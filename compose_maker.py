@@ -110,6 +110,9 @@ def compose(agencies: int, data_dir: str, output: str) -> dict[str, Any]:
             "volumes": ["./server/config.ini:/app/config.ini:ro", f"{STORAGE_VOLUME}:/storage"],
             "networks": FlowList([NETWORK]),
             "stop_grace_period": STOP_GRACE_PERIOD,
+            # A fail-stop (a failed fsync: exit 3) is followed by recovery without an operator;
+            # `docker stop` and `make docker-compose-down` are not failures and stay stopped.
+            "restart": "on-failure",
         }
     }
     for agency in range(1, agencies + 1):

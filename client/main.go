@@ -9,7 +9,6 @@ import (
 	"flag"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"lottery/client/internal/agency"
@@ -25,7 +24,7 @@ func run() int {
 	configPath := flag.String("config", "", "config file (default: $CLI_CONFIG, else "+config.DefaultPath+")")
 	flag.Parse()
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	ctx, stop := notifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
 	cfg, err := config.Load(*configPath, os.Getenv)
@@ -45,7 +44,7 @@ func run() int {
 	}
 	err = a.Run(ctx)
 	if errors.Is(err, agency.ErrStopped) {
-		log.Info("shutdown", logs.InProgress, "signal", signalName(ctx))
+		log.Info("shutdown", logs.InProgress, "signal", signalName(context.Cause(ctx)))
 	}
 	a.Close()
 	if err != nil && !errors.Is(err, agency.ErrStopped) {
@@ -56,20 +55,51 @@ func run() int {
 	return 0
 }
 
-// signalName names the signal that cancelled ctx (signal.NotifyContext records it as the
-// context's cause, "<description> signal received").
-func signalName(ctx context.Context) string {
-	cause := context.Cause(ctx)
-	if cause == nil {
-		return "none"
+// stopSignal is the cause of a context cancelled by a signal: it keeps the signal itself, so
+// the shutdown log names it without parsing an error string.
+type stopSignal struct{ sig os.Signal }
+
+func (s stopSignal) Error() string { return s.name() + " received" }
+
+// name is the conventional name of the signal ("SIGTERM"); syscall.Signal's String is a
+// description ("terminated").
+func (s stopSignal) name() string {
+	switch s.sig {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
 	}
-	for _, s := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
-		if strings.HasPrefix(cause.Error(), s.String()+" ") {
-			if s == syscall.SIGTERM {
-				return "SIGTERM"
-			}
-			return "SIGINT"
+	return s.sig.String()
+}
+
+// notifyContext returns a context cancelled with a stopSignal cause when one of sigs arrives,
+// and a stop function that unregisters the signals and releases the context. Until stop is
+// called the signals do not terminate the process: the context carries them to every blocking
+// call instead.
+func notifyContext(parent context.Context, sigs ...os.Signal) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(parent)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sigs...)
+	go func() {
+		select {
+		case sig := <-ch:
+			cancel(stopSignal{sig})
+		case <-ctx.Done():
 		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		cancel(nil) // the goroutine above sees ctx.Done and returns
 	}
-	return cause.Error()
+}
+
+// signalName names the signal behind cause ("SIGTERM", "SIGINT"), or "none" when cause is not
+// a stop by a signal.
+func signalName(cause error) string {
+	var s stopSignal
+	if errors.As(cause, &s) {
+		return s.name()
+	}
+	return "none"
 }

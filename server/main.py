@@ -3,7 +3,9 @@
     python3 server/main.py            # reads config.ini beside this file
     SERVER_CONFIG=/path/config.ini python3 server/main.py
 
-Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 1 on a bad configuration or a fatal error.
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT); 1 when the central cannot start (a bad
+configuration, a storage in use by another central or holding a round for another AGENCIES, an
+address in use); 3 after a storage failure (a failed fsync: fail-stop, recovery at the next start).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from lottery import config as server_config
 from lottery import logs
-from lottery.storage import StorageError
+from lottery.storage import RoundMismatch, StorageError, StorageInUse
 from lottery.supervisor import Supervisor
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.ini"
@@ -34,9 +36,27 @@ def main() -> int:
     log.info("action: config | result: success | %s", config.log_fields())
     try:
         return Supervisor(config).run()
+    except StorageInUse as err:
+        log.error(
+            "action: storage_lock | result: fail | storage: %s | holder: %s | reason: another central is running on"
+            " this storage; nothing was touched",
+            err.directory,
+            err.holder,
+        )
+    except RoundMismatch as err:
+        log.error(
+            "action: storage_round | result: fail | storage: %s | round_agencies: %d | agencies: %d | reason: the"
+            " storage holds a round for %d agencies; start it with AGENCIES=%d, or start a new round on an empty"
+            " storage (make docker-compose-reset, or remove the files of STORAGE_DIR)",
+            err.directory,
+            err.round_agencies,
+            err.agencies,
+            err.round_agencies,
+            err.round_agencies,
+        )
     except (OSError, StorageError) as err:
         log.error("action: exit | result: fail | error: %s", err)
-        return 1
+    return 1
 
 
 if __name__ == "__main__":

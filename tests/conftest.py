@@ -24,8 +24,10 @@ sys.path.insert(0, str(SERVER_DIR))
 
 from lottery import protocol  # noqa: E402
 
+DATA = ROOT / ".data"
 # Winners per agency of the default data set in .data/ (the README states the same figures).
 DEFAULT_WINNERS = {1: 3, 2: 0, 3: 2, 4: 5, 5: 1}
+WINNERS_LINE = re.compile(r"action: consulta_ganadores \| result: success \| cant_ganadores: (\d+)")
 
 
 def free_port() -> int:
@@ -209,6 +211,50 @@ def agency_env(agency: int, port: int, data: Path, **extra: object) -> dict[str,
         "CLI_LOG_LEVEL": "INFO",
         **{key: str(value) for key, value in extra.items()},
     }
+
+
+class Agency:
+    """The real Go agency (the `client_binary`) as a process, logging to a file."""
+
+    def __init__(self, binary: Path, agency: int, port: int, data: Path, log: Path, **extra: object) -> None:
+        self.agency = agency
+        self.log_path = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen([str(binary)], env=agency_env(agency, port, data, **extra), stdout=out,
+                                         stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 120) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def winners(self) -> int:
+        found = WINNERS_LINE.search(self.log())
+        assert found, f"agency {self.agency} logged no winners:\n{self.log()[-2000:]}"
+        return int(found.group(1))
+
+
+@pytest.fixture
+def launch(client_binary, tmp_path: Path) -> Iterator:
+    """Start real agencies: launch(agency, port, data_file, **CLI_overrides); killed at the end."""
+    started: list[Agency] = []
+
+    def run(agency: int, port: int, data: Path, **extra: object) -> Agency:
+        client = Agency(client_binary, agency, port, data, tmp_path / f"agency{agency}-{len(started)}.log", **extra)
+        started.append(client)
+        return client
+
+    yield run
+    for client in started:
+        if client.proc.poll() is None:
+            client.proc.kill()
+            client.proc.wait(timeout=10)
+
+
+def stored_documents(storage: Path) -> list[str]:
+    """The document of every row of bets.csv, in order."""
+    return [line.split(",")[3] for line in (storage / "bets.csv").read_text(encoding="utf-8").split("\n")[:-1]]
 
 
 def bet(document: str, number: str = "1", first: str = "Ana", last: str = "López",

@@ -4,58 +4,13 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_WINNERS, ROOT, Peer, agency_env, batch, bet, wait_until
+from conftest import DATA, DEFAULT_WINNERS, Peer, batch, bet, stored_documents, wait_until
 from lottery import protocol
-
-DATA = ROOT / ".data"
-WINNERS_LINE = re.compile(r"action: consulta_ganadores \| result: success \| cant_ganadores: (\d+)")
-
-
-class Agency:
-    def __init__(self, binary: Path, agency: int, port: int, data: Path, log: Path, **extra: object) -> None:
-        self.agency = agency
-        self.log_path = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([str(binary)], env=agency_env(agency, port, data, **extra), stdout=out,
-                                         stderr=subprocess.STDOUT)
-
-    def wait(self, timeout: float = 120) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def winners(self) -> int:
-        found = WINNERS_LINE.search(self.log())
-        assert found, f"agency {self.agency} logged no winners:\n{self.log()[-2000:]}"
-        return int(found.group(1))
-
-
-@pytest.fixture
-def launch(client_binary, tmp_path):
-    started: list[Agency] = []
-
-    def run(agency: int, port: int, data: Path, **extra: object) -> Agency:
-        client = Agency(client_binary, agency, port, data, tmp_path / f"agency{agency}-{len(started)}.log", **extra)
-        started.append(client)
-        return client
-
-    yield run
-    for client in started:
-        if client.proc.poll() is None:
-            client.proc.kill()
-            client.proc.wait(timeout=10)
-
-
-def stored_documents(storage: Path) -> list[str]:
-    return [line.split(",")[3] for line in (storage / "bets.csv").read_text(encoding="utf-8").splitlines()]
-
 
 def data_rows(path: Path) -> int:
     return sum(1 for line in path.read_bytes().splitlines() if line.strip())

@@ -58,6 +58,8 @@ def test_five_agencies(tmp_path: Path) -> None:
     server = services["server"]
     assert server["image"] == "server:latest"
     assert server["environment"] == ["AGENCIES=5"]
+    assert server["restart"] == "on-failure"  # a fail-stop is followed by recovery
+    assert all("restart" not in services[f"client{i}"] for i in range(1, 6))  # an agency's exit is final
     assert server["volumes"] == [
         "./server/config.ini:/app/config.ini:ro",
         "server-storage:/storage",

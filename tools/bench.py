@@ -3,6 +3,7 @@
 
     python tools/bench.py                                  # 5 agencies, 80,000 bets (the default set's size)
     python tools/bench.py --agencies 50 --bets 1000000
+    python tools/bench.py --restart-batches 3000000        # restart over 3,000,000 one-bet batches
 
 It generates a data set with tools/gen_data.py into a temporary directory, builds the agency
 binary, starts the server with its storage in that directory (fsync'd acknowledgements, as in
@@ -12,6 +13,12 @@ prints: bets, agencies, wall seconds from the launch of the first agency to the 
 last one (so it includes every connection, batch, fsync, the draw and every winners reply),
 bets per second, and the server's peak memory: the sum of the peak resident set (VmHWM) of the
 supervisor and its workers.
+
+With --restart-batches N it measures a restart instead: N bets sent as N one-bet batches by
+--agencies agencies (batch.maxAmount 1; the journal is checkpointed as it grows), then the
+central is killed (SIGKILL, supervisor and workers) and started again on the same storage. It
+prints the journal's size, the seconds from the start to `action: listen` and to the first ECHO
+answered, and the peak resident memory of the largest process of the restarted central.
 """
 
 from __future__ import annotations
@@ -74,7 +81,12 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=0, help="agency batch.window (0 = config.yaml's)")
     parser.add_argument("--runs", type=int, default=1, help="repeat and report each run and the best")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print it")
+    parser.add_argument("--restart-batches", type=int, default=0, metavar="N",
+                        help="measure a restart over N one-bet batches instead (implies --batch-max-amount 1)")
     args = parser.parse_args()
+    if args.restart_batches:
+        args.bets, args.batch_max_amount = args.restart_batches, 1
+        args.window = args.window or 256
     if args.agencies < 1 or args.bets < args.agencies:
         parser.error("need at least one agency and one bet per agency")
 
@@ -89,15 +101,59 @@ def main() -> int:
     binary = work / "client"
     subprocess.run(["go", "build", "-mod=vendor", "-o", str(binary), "."], cwd=ROOT / "client", check=True,
                    env={**os.environ, "CGO_ENABLED": "0"})
-    results = [run_once(args, work, data, binary, expected, run) for run in range(1, args.runs + 1)]
-    best = min(results, key=lambda r: r[0])
-    if args.runs > 1:
+    if args.restart_batches:
+        run_once(args, work, data, binary, expected, 1)
+        for run in range(1, args.runs + 1):
+            measure_restart(args, work / "storage-1", run)
+        results = []
+    else:
+        results = [run_once(args, work, data, binary, expected, run) for run in range(1, args.runs + 1)]
+    if results and args.runs > 1:
+        best = min(results, key=lambda r: r[0])
         print(f"best of {args.runs}: wall_seconds: {best[0]:.3f} | bets_per_second: {args.bets / best[0]:,.0f}")
     if args.keep:
         print(f"kept: {work}")
     else:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
+
+
+def echo_answered(port: int) -> bool:
+    """One ECHO round trip (version 1, type 1, empty payload)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(bytes.fromhex("010100000000"))
+            return sock.recv(6) == bytes.fromhex("010100000000")
+    except OSError:
+        return False
+
+
+def measure_restart(args, storage: Path, run: int) -> None:
+    """Start the central on a storage left by a killed one; time it and weigh its processes."""
+    port = free_port()
+    log_path = storage.parent / f"restart-{run}.log"
+    env = {**os.environ, "SERVER_PORT": str(port), "SERVER_IP": "127.0.0.1", "STORAGE_DIR": str(storage),
+           "AGENCIES": str(args.agencies), "WORKERS": str(args.workers), "LOGGING_LEVEL": "INFO",
+           "WORKER_CONNECTIONS": str(max(256, args.agencies))}
+    journal = (storage / "journal.log").stat().st_size
+    with open(log_path, "wb") as out:
+        started = time.monotonic()
+        server = subprocess.Popen([sys.executable, str(ROOT / "server" / "main.py")], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "action: listen | result: success" in log_path.read_text(), 60, "the restart")
+        listening = time.monotonic() - started
+        wait_for(lambda: echo_answered(port), 60, "the first ECHO")
+        answered = time.monotonic() - started
+        time.sleep(0.5)  # the workers have folded the journal by now
+        memory = max(peak_rss_kib(pid) for pid in [server.pid, *children(server.pid)])
+    finally:
+        for pid in [*children(server.pid), server.pid]:
+            os.kill(pid, signal.SIGKILL)
+        server.wait(timeout=30)
+    print(f"restart {run}: batches: {args.restart_batches} | journal_bytes: {journal} | "
+          f"listen_seconds: {listening:.3f} | first_echo_seconds: {answered:.3f} | "
+          f"largest_process_peak_memory_mib: {memory / 1024:.1f}")
 
 
 def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int], run: int) -> tuple[float, int]:
@@ -141,8 +197,14 @@ def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int
         if stored != args.bets:
             problems.append(f"{stored} bets stored, {args.bets} sent")
     finally:
-        server.send_signal(signal.SIGTERM)
-        server_code = server.wait(timeout=30)
+        if args.restart_batches:  # a crash, as the restart will find it
+            for pid in [*children(server.pid), server.pid]:
+                os.kill(pid, signal.SIGKILL)
+            server.wait(timeout=30)
+            server_code = 0
+        else:
+            server.send_signal(signal.SIGTERM)
+            server_code = server.wait(timeout=30)
     if server_code != 0:
         problems.append(f"server exit code {server_code}")
     if problems:

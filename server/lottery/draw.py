@@ -3,19 +3,18 @@
 A winner is a bet whose number is WINNING_NUMBER. The draw streams bets.csv in chunks (it never
 holds every bet) and writes ``winners.csv`` (``agency,document`` lines) atomically: temporary
 file, fsync, rename, fsync of the directory. The file's existence is the fact "the draw has
-happened", so a restarted server answers winners queries without drawing again.
+happened": a restarted server answers winners queries without drawing again, and the storage
+refuses new bets and FINs of a drawn round. Only the supervisor draws (supervisor.py).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
-from .storage import BETS_FILE
+from .storage import BETS_FILE, WINNERS_FILE, write_file_atomically
 
 WINNING_NUMBER = 7574
-WINNERS_FILE = "winners.csv"
 CHUNK_SIZE = 1 << 20
 
 # Every winning line ends with these bytes (a number such as 07574 too); lines that merely end
@@ -62,20 +61,11 @@ def find_winners(bets_path: Path, size: int) -> list[tuple[int, str]]:
 
 
 def run_draw(directory: Path, bets_size: int) -> int:
-    """Draw over the stored bets and persist the result; returns the number of winners."""
+    """Draw over the first `bets_size` (synced) bytes of bets.csv and persist the result; returns
+    the number of winners. Raises OSError or WriteFailed (retry later) or SyncFailed (stop)."""
     winners = find_winners(directory / BETS_FILE, bets_size)
-    final = winners_path(directory)
-    temporary = final.with_suffix(".tmp")
-    with open(temporary, "wb") as out:
-        out.write(b"".join(b"%d,%s\n" % (agency, doc.encode()) for agency, doc in winners))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, final)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    content = b"".join(b"%d,%s\n" % (agency, doc.encode()) for agency, doc in winners)
+    write_file_atomically(winners_path(directory), content)
     return len(winners)
 
 

@@ -54,6 +54,7 @@ class ErrorCode(enum.IntEnum):
     IDLE_TIMEOUT = 10
     SHUTTING_DOWN = 11
     INTERNAL_ERROR = 12
+    ROUND_CLOSED = 13
 
 
 # Codes after which the framing can no longer be trusted, or the central is leaving: the

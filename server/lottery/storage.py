@@ -1,28 +1,51 @@
-"""Durable storage of bets, FINs and batch identities, shared by every server process.
+"""Durable storage of one lottery round, shared by every process of one central.
 
 Files in the storage directory:
 
-- ``bets.csv``    the bets, one per line: ``agency,first_name,last_name,document,birthdate,number``.
-- ``journal.log`` one line per stored batch, ``batch <agency> <seq> <end> <crc32>``, where
-                  ``end`` is the size of bets.csv after the batch and ``crc32`` covers the batch's
-                  bytes; and one line per FIN, ``fin <agency> <batches>``. It is the only record
-                  of which batches are stored, so deduplication and the FIN barrier survive a
-                  restart, and it is what lets recovery cut a torn tail.
-- ``storage.lock`` the cross-process lock (``flock``; the kernel drops it if its holder dies).
+- ``bets.csv``      the bets, one per line: ``agency,first_name,last_name,document,birthdate,number``.
+- ``journal.log``   what is stored. It always starts with a checkpoint, the round's state as of a
+                    point where ``bets.csv`` was synced::
 
-Every process keeps a read offset into the journal and folds the lines it has not seen yet
-into its view (last stored seq per agency, FINs) each time it takes the lock, so no state is
-shared in memory. The lock is held only around appending; ``fdatasync`` happens after it is
-released and covers every writer's earlier appends (group commit).
+                        checkpoint <agencies> <bets_end> <batches>
+                        agency <id> <last_seq>        one per agency with a stored batch
+                        fin <id> <batches>            one per recorded FIN
 
-Rules: a batch is written whole by one ``write`` of bets.csv followed by its journal line;
-an acknowledgement is sent only after both files are synced. A writer that finds bytes past
-the journal's last ``end`` (a writer died mid-append) cuts them before appending.
+                    and goes on with one record per change since that checkpoint::
+
+                        batch <agency> <seq> <end> <crc32>   bets.csv is <end> bytes after it
+                        fin <agency> <batches>
+
+                    It is the only record of which batches are stored, so deduplication, the FIN
+                    barrier and the round's agency count survive a restart.
+- ``storage.lock``  the append lock (``flock``), held only around appending.
+- ``instance.lock`` held by one central for its whole life (``flock``, with its pid inside).
+- ``winners.csv``   the draw's result (draw.py); its existence is the fact "the round is drawn".
+
+Rules, each relied upon elsewhere:
+
+- **One central per storage.** `InstanceLock` is taken before recovery and held until every
+  process of the central has exited; a second central refuses to start and touches nothing.
+- **Whole or nothing.** A batch is appended with one ``write`` of bets.csv and then its journal
+  line, under the append lock. A failed write is undone (both files cut back) before the lock is
+  released and raises `WriteFailed`: nothing half-stored is ever visible, and the next append
+  after the cause is gone (a full disk) simply succeeds.
+- **Nothing answered before it is durable.** `store_batches` and `record_fin` return only after
+  `sync`, whatever the outcome they report, so an ACK, a duplicate ACK, a FIN_ACK or a
+  DUPLICATE_FIN always states a fact on disk. One sync covers every process's earlier appends
+  (group commit); it runs outside the lock.
+- **fsync failure is fail-stop.** A failed ``fsync``/``fdatasync`` raises `SyncFailed`: the page
+  cache may have dropped the data it covered, so the process must stop rather than answer; the
+  next start's `recover` decides from what is really on disk.
+- **Bounded state and restart.** A process keeps only per-agency state (last stored batch, FIN),
+  folding the journal in streaming chunks. `Storage.compact` rewrites the journal as a new
+  checkpoint (after syncing bets.csv; atomic rename), so recovery and every worker's start read
+  at most one checkpoint and a bounded tail, whatever the number of batches stored.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import fcntl
 import logging
 import os
@@ -30,7 +53,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from .protocol import Bet
 
@@ -39,10 +62,45 @@ log = logging.getLogger(__name__)
 BETS_FILE = "bets.csv"
 JOURNAL_FILE = "journal.log"
 LOCK_FILE = "storage.lock"
+INSTANCE_LOCK_FILE = "instance.lock"
+WINNERS_FILE = "winners.csv"
+
+READ_CHUNK = 1 << 20  # the journal is folded this many bytes at a time
+MAX_JOURNAL_LINE = 128  # longer than any record: a longer "line" is damage, not a record
+MAX_BATCH_BYTES = 64 << 10  # a stored batch is at most one frame's bets plus the agency ids
 
 
 class StorageError(Exception):
-    """The storage files are unusable (I/O error, or a journal that is not ours)."""
+    """The storage is unusable (damaged files, an I/O error): the process must stop."""
+
+
+class SyncFailed(StorageError):
+    """fsync/fdatasync failed: what it covered may be lost; stop before answering (fail-stop)."""
+
+
+class WriteFailed(Exception):
+    """An append failed (e.g. ENOSPC) and was undone: nothing changed, a later try may succeed."""
+
+
+class StorageInUse(StorageError):
+    """Another central holds this storage's instance lock."""
+
+    def __init__(self, directory: Path, holder: str) -> None:
+        super().__init__(f"{directory} is in use by another central ({holder})")
+        self.directory = directory
+        self.holder = holder
+
+
+class RoundMismatch(StorageError):
+    """The storage holds a round for another number of agencies than configured."""
+
+    def __init__(self, directory: Path, round_agencies: int, agencies: int) -> None:
+        super().__init__(
+            f"{directory} holds a round for {round_agencies} agencies, the configuration says {agencies}"
+        )
+        self.directory = directory
+        self.round_agencies = round_agencies
+        self.agencies = agencies
 
 
 class Outcome(enum.Enum):
@@ -50,50 +108,64 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # already stored: acknowledge again, store nothing
     GAP = "gap"  # a previous batch of the agency is missing
     FINISHED = "finished"  # a new batch after the agency's FIN
+    ROUND_CLOSED = "round_closed"  # a new batch after the draw
 
 
 class FinOutcome(enum.Enum):
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
     GAP = "gap"
+    ROUND_CLOSED = "round_closed"
 
 
 @dataclass(frozen=True)
 class JournalRecord:
-    """One journal line: ``batch <agency> <seq> <end> <crc32>`` or ``fin <agency> <batches>``."""
+    """One journal line (see the module docstring); `values` are its integers in order."""
 
-    kind: str  # "batch" or "fin"
-    agency: int
-    seq: int  # the batch's seq; for a FIN, the batches it announces
-    end: int = 0  # batch: size of bets.csv after it
-    crc: int = 0  # batch: CRC32 of its bytes in bets.csv
+    kind: str  # "checkpoint", "agency", "fin" or "batch"
+    values: tuple[int, ...]
+
+    _ARITY = {b"checkpoint": 3, b"agency": 2, b"fin": 2, b"batch": 4}
 
     def encode(self) -> bytes:
         if self.kind == "batch":
-            return b"batch %d %d %d %08x\n" % (self.agency, self.seq, self.end, self.crc)
-        return b"fin %d %d\n" % (self.agency, self.seq)
+            agency, seq, end, crc = self.values
+            return b"batch %d %d %d %08x\n" % (agency, seq, end, crc)
+        return self.kind.encode() + b"".join(b" %d" % value for value in self.values) + b"\n"
 
     @classmethod
     def parse(cls, line: bytes) -> "JournalRecord":
         """The record in one line (without its newline); StorageError if it is not one."""
-        parts = line.split(b" ")
-        try:
-            if parts[0] == b"batch" and len(parts) == 5:
-                return cls("batch", int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4], 16))
-            if parts[0] == b"fin" and len(parts) == 3:
-                return cls("fin", int(parts[1]), int(parts[2]))
-        except ValueError:
-            pass
+        kind, *fields = line.split(b" ")
+        if cls._ARITY.get(kind) == len(fields):
+            try:
+                values = [int(f, 16) if kind == b"batch" and i == 3 else int(f) for i, f in enumerate(fields)]
+            except ValueError:
+                pass
+            else:
+                if all(v >= 0 for v in values):
+                    return cls(kind.decode(), tuple(values))
         raise StorageError(f"corrupt journal line {line[:80]!r}")
+
+
+def batch_record(agency: int, seq: int, end: int, crc: int) -> JournalRecord:
+    return JournalRecord("batch", (agency, seq, end, crc))
+
+
+def fin_record(agency: int, batches: int) -> JournalRecord:
+    return JournalRecord("fin", (agency, batches))
 
 
 @dataclass
 class JournalView:
-    """What the journal says so far; rebuilt from the file, never shared between processes."""
+    """The round's state as the journal tells it; rebuilt from the file, never shared in memory.
+
+    Its size depends on the number of agencies only, not on the batches stored."""
 
     offset: int = 0  # bytes of journal.log folded in
+    agencies: int = 0  # the round's agency count (from the checkpoint)
     bets_end: int = 0  # size bets.csv must have
-    batches: int = 0
+    batches: int = 0  # batches stored in the round
     last_seq: dict[int, int] = field(default_factory=dict)
     fins: dict[int, int] = field(default_factory=dict)  # agency -> batches announced
 
@@ -110,13 +182,31 @@ class JournalView:
 
     def apply(self, record: JournalRecord, size: int) -> None:
         """Fold in one record that took `size` bytes of the journal."""
+        values = record.values
         if record.kind == "batch":
-            self.last_seq[record.agency] = record.seq
-            self.bets_end = record.end
+            self.last_seq[values[0]] = values[1]
+            self.bets_end = values[2]
             self.batches += 1
-        else:
-            self.fins[record.agency] = record.seq
+        elif record.kind == "fin":
+            self.fins[values[0]] = values[1]
+        elif record.kind == "agency":
+            self.last_seq[values[0]] = values[1]
+        else:  # a checkpoint starts the file: the state lines after it rebuild the rest
+            self.agencies, self.bets_end, self.batches = values
+            self.last_seq.clear()
+            self.fins.clear()
         self.offset += size
+
+    def checkpoint(self) -> bytes:
+        """The journal's content for a checkpoint of this state."""
+        records = [JournalRecord("checkpoint", (self.agencies, self.bets_end, self.batches))]
+        records += [JournalRecord("agency", (a, s)) for a, s in sorted(self.last_seq.items())]
+        records += [fin_record(a, b) for a, b in sorted(self.fins.items())]
+        return b"".join(record.encode() for record in records)
+
+    def finished(self, agencies: int) -> int:
+        """How many of agencies 1..`agencies` have a FIN."""
+        return sum(1 for agency in self.fins if 1 <= agency <= agencies)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -125,12 +215,46 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fsync_dir(directory: Path) -> None:
+def _sync(fd: int, what: str) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError as err:
+        raise SyncFailed(f"fdatasync of {what}: {err.strerror or err}") from err
+
+
+def _sync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as err:
+            raise SyncFailed(f"fsync of {directory}: {err.strerror or err}") from err
     finally:
         os.close(fd)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: temporary file, fsync, rename, directory fsync.
+
+    WriteFailed if writing fails (nothing changed), SyncFailed if an fsync does."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as err:
+        raise WriteFailed(f"create {temporary}: {err.strerror or err}") from err
+    try:
+        try:
+            _write_all(fd, data)
+        except OSError as err:
+            raise WriteFailed(f"write {temporary}: {err.strerror or err}") from err
+        _sync(fd, str(temporary))
+    except BaseException:
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(temporary, path)
+    _sync_dir(path.parent)
 
 
 def csv_lines(agency: int, bets: bytes) -> bytes:
@@ -139,71 +263,147 @@ def csv_lines(agency: int, bets: bytes) -> bytes:
     return prefix + bets[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
 
 
+# --- one central per storage -----------------------------------------------------------------
+
+
+class InstanceLock:
+    """The exclusive lock that makes a storage directory belong to one central.
+
+    Taken before recovery with a non-blocking ``flock``. Forked workers inherit the descriptor, so
+    the lock is held until every process of the central has exited: a new central can never
+    recover the files under a worker that is still writing.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / INSTANCE_LOCK_FILE
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(self.fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(self.fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StorageInUse(directory, f"pid {holder}" if holder else "pid unknown") from None
+            raise
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, b"%d\n" % os.getpid(), 0)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# --- recovery --------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class RecoveryReport:
+    agencies: int
     batches: int
     fins: int
     bets_bytes: int
+    journal_bytes: int
     cut_bets_bytes: int
     cut_journal_bytes: int
 
 
-def recover(directory: Path) -> RecoveryReport:
-    """Bring the files to a consistent state before any worker starts.
+def _drop_cached_pages(file: BinaryIO) -> None:
+    """Forget clean cached pages, so what is verified next is read from the disk: after a failed
+    writeback the cache may hold bytes the disk does not (dirty pages are kept, and synced later)."""
+    os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
-    Verifies every journaled batch against bets.csv with its CRC and keeps the longest valid
-    prefix: a torn journal line, a batch whose bytes did not all reach the disk, and bets past
-    the last journaled batch are cut. None of them was acknowledged, so their agencies resend.
+
+def recover(directory: Path, agencies: int) -> RecoveryReport:
+    """Bring the files to a consistent state before any worker starts; the caller holds the
+    instance lock. A new storage gets an empty round for `agencies`.
+
+    The checkpoint at the start of the journal is trusted (bets.csv was synced before it was
+    written); each batch after it is checked against bets.csv with its CRC, and the longest valid
+    prefix is kept: a torn journal line, a batch whose bytes did not all reach the disk, and bytes
+    past the last batch are cut. None of them was acknowledged, so their agencies resend them.
+    Reads stream; memory does not depend on the journal's length.
     """
     directory.mkdir(parents=True, exist_ok=True)
     bets_path, journal_path = directory / BETS_FILE, directory / JOURNAL_FILE
-    for path in (bets_path, journal_path, directory / LOCK_FILE):
-        path.touch(exist_ok=True)
-    journal = journal_path.read_bytes()
-    view = JournalView()  # what is valid so far
-    with open(bets_path, "rb") as bets:
-        for line in journal.splitlines(keepends=True):
+    (directory / (JOURNAL_FILE + ".tmp")).unlink(missing_ok=True)  # an interrupted checkpoint
+    (directory / LOCK_FILE).touch(exist_ok=True)
+    if not journal_path.exists():
+        if bets_path.exists() and bets_path.stat().st_size:
+            raise StorageError(f"{bets_path} holds bets but {JOURNAL_FILE} is missing")
+        bets_path.touch(exist_ok=True)
+        fresh = JournalView(agencies=agencies)
+        write_file_atomically(journal_path, fresh.checkpoint())
+    view = JournalView()
+    with open(journal_path, "rb") as journal, open(bets_path, "rb") as bets:
+        _drop_cached_pages(journal)
+        _drop_cached_pages(bets)
+        first = journal.readline(MAX_JOURNAL_LINE)
+        try:
+            record = JournalRecord.parse(first.rstrip(b"\n"))
+        except StorageError:
+            record = None
+        if record is None or record.kind != "checkpoint" or not first.endswith(b"\n"):
+            raise StorageError(
+                f"{journal_path} does not start with a checkpoint (damaged, or written by an older version)"
+            )
+        view.apply(record, len(first))
+        if view.agencies != agencies:
+            raise RoundMismatch(directory, view.agencies, agencies)
+        bets_size = os.fstat(bets.fileno()).st_size
+        if bets_size < view.bets_end:
+            raise StorageError(f"{bets_path} is {bets_size} bytes, its checkpoint vouches for {view.bets_end}")
+        bets.seek(view.bets_end)
+        while True:
+            line = journal.readline(MAX_JOURNAL_LINE)
             if not line.endswith(b"\n"):
-                break  # torn last line
+                break  # the end, or a torn last line
             try:
                 record = JournalRecord.parse(line[:-1])
             except StorageError:
                 break
+            if record.kind == "checkpoint":
+                break  # only ever the first line
             if record.kind == "batch":
-                size = record.end - view.bets_end
-                data = bets.read(size) if size >= 0 else b""
-                if size < 0 or len(data) != size or zlib.crc32(data) != record.crc:
+                size = record.values[2] - view.bets_end
+                if not 0 < size <= MAX_BATCH_BYTES:
+                    break
+                data = bets.read(size)
+                if len(data) != size or zlib.crc32(data) != record.values[3]:
                     break  # these bytes never fully reached the disk
             view.apply(record, len(line))
-    good_journal, good_bets = view.offset, view.bets_end
-    cut_journal = len(journal) - good_journal
-    cut_bets = bets_path.stat().st_size - good_bets
+        journal_size = os.fstat(journal.fileno()).st_size
+    cut_journal = journal_size - view.offset
+    cut_bets = bets_size - view.bets_end
     if cut_journal:
-        os.truncate(journal_path, good_journal)
+        os.truncate(journal_path, view.offset)
     if cut_bets:
-        os.truncate(bets_path, good_bets)
-    if cut_journal or cut_bets:
-        for path in (bets_path, journal_path):
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(directory)
-    return RecoveryReport(view.batches, len(view.fins), good_bets, cut_bets, cut_journal)
+        os.truncate(bets_path, view.bets_end)
+    for path in (bets_path, journal_path):  # what was verified is now durable
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            _sync(fd, str(path))
+        finally:
+            os.close(fd)
+    _sync_dir(directory)
+    return RecoveryReport(
+        view.agencies, view.batches, len(view.fins), view.bets_end, view.offset, cut_bets, cut_journal
+    )
+
+
+# --- the shared files, one handle per process ------------------------------------------------
 
 
 class Storage:
-    """One process's handle on the shared storage files."""
+    """One process's handle on the shared storage files (opened after `recover`)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.view = JournalView()
-        self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        self._bets_fd = os.open(directory / BETS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        self._journal_fd = os.open(
-            directory / JOURNAL_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644
-        )
+        self._journal_path = directory / JOURNAL_FILE
+        self._drawn = False
+        self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR)
+        self._bets_fd = os.open(directory / BETS_FILE, os.O_RDWR | os.O_APPEND)
+        self._journal_fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
         with self._locked():
             pass  # folds the journal in
 
@@ -221,17 +421,23 @@ class Storage:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _refresh(self) -> None:
-        """Fold in the journal lines other processes appended; cut a dead writer's leftovers."""
+        """Fold in the journal lines other processes appended; follow a checkpoint's new file;
+        cut a dead writer's leftovers."""
+        if os.stat(self._journal_path).st_ino != os.fstat(self._journal_fd).st_ino:
+            os.close(self._journal_fd)  # compacted by another process: fold the new file
+            self._journal_fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
+            self.view = JournalView()
         size = os.fstat(self._journal_fd).st_size
-        if size > self.view.offset:
-            data = os.pread(self._journal_fd, size - self.view.offset, self.view.offset)
-            consumed = self.view.fold(data)
-            if consumed < len(data):  # a writer died in the middle of a journal line
-                os.ftruncate(self._journal_fd, self.view.offset)
-                log.warning(
-                    "action: storage_repair | result: success | cut_journal_bytes: %d",
-                    len(data) - consumed,
-                )
+        position, carry = self.view.offset, b""
+        while position < size:
+            data = carry + os.pread(self._journal_fd, min(READ_CHUNK, size - position), position)
+            if len(data) == len(carry):
+                break  # the file shrank under us: only a repair under the lock does that
+            position += len(data) - len(carry)
+            carry = data[self.view.fold(data) :]
+        if carry:  # a writer died in the middle of a journal line
+            os.ftruncate(self._journal_fd, self.view.offset)
+            log.warning("action: storage_repair | result: success | cut_journal_bytes: %d", len(carry))
         bets_size = os.fstat(self._bets_fd).st_size
         if bets_size != self.view.bets_end:
             if bets_size < self.view.bets_end:
@@ -247,16 +453,44 @@ class Storage:
         with self._locked():
             return self.view
 
+    def journal_identity(self) -> tuple[int, int]:
+        """(inode, size) of journal.log: it changes whenever the journal may have."""
+        status = os.stat(self._journal_path)
+        return status.st_ino, status.st_size
+
+    def drawn(self) -> bool:
+        """Whether the round's draw has happened (winners.csv exists); once true, always true."""
+        if not self._drawn:
+            self._drawn = (self.directory / WINNERS_FILE).exists()
+        return self._drawn
+
     def sync(self) -> None:
-        """Make every append so far, by any process, durable."""
-        os.fdatasync(self._bets_fd)
-        os.fdatasync(self._journal_fd)
+        """Make every append so far, by any process, durable; SyncFailed if it cannot."""
+        _sync(self._bets_fd, BETS_FILE)
+        _sync(self._journal_fd, JOURNAL_FILE)
+
+    def _append(self, bets: bytes, journal: bytes) -> None:
+        """Append under the lock, whole or not at all: a failed write is cut back before the
+        lock is released, and raises WriteFailed."""
+        try:
+            if bets:
+                _write_all(self._bets_fd, bets)
+            _write_all(self._journal_fd, journal)
+        except OSError as err:
+            try:
+                os.ftruncate(self._journal_fd, self.view.offset)
+                os.ftruncate(self._bets_fd, self.view.bets_end)
+            except OSError as undo:  # the files are in an unknown state: stop
+                raise StorageError(f"cannot undo a failed append: {undo.strerror or undo}") from err
+            raise WriteFailed(f"append: {err.strerror or err}") from err
+        self.view.fold(journal)
 
     def store_batches(self, batches: list[Bet]) -> list[Outcome]:
-        """Store what is new among `batches` (in order) and sync; one outcome per batch.
+        """Store what is new among `batches` (in order), then sync; one outcome per batch.
 
-        The caller may acknowledge STORED and DUPLICATE batches as soon as this returns.
-        """
+        Returns only once every outcome is durable, so the caller may answer at once: STORED and
+        DUPLICATE with ACK, the others with their ERROR. Raises WriteFailed (nothing stored) or
+        SyncFailed (stop)."""
         outcomes: list[Outcome] = []
         with self._locked():
             view = self.view
@@ -268,6 +502,8 @@ class Storage:
                 last = pending_seq.get(batch.agency, view.last_seq.get(batch.agency, 0))
                 if batch.seq <= last:
                     outcomes.append(Outcome.DUPLICATE)
+                elif self.drawn():
+                    outcomes.append(Outcome.ROUND_CLOSED)
                 elif batch.agency in view.fins:
                     outcomes.append(Outcome.FINISHED)
                 elif batch.seq != last + 1:
@@ -276,28 +512,41 @@ class Storage:
                     data = csv_lines(batch.agency, batch.bets)
                     end += len(data)
                     bets_chunks.append(data)
-                    record = JournalRecord("batch", batch.agency, batch.seq, end, zlib.crc32(data))
-                    journal_lines.append(record.encode())
+                    journal_lines.append(batch_record(batch.agency, batch.seq, end, zlib.crc32(data)).encode())
                     pending_seq[batch.agency] = batch.seq
                     outcomes.append(Outcome.STORED)
             if bets_chunks:
-                _write_all(self._bets_fd, b"".join(bets_chunks))
-                journal = b"".join(journal_lines)
-                _write_all(self._journal_fd, journal)
-                view.fold(journal)
+                self._append(b"".join(bets_chunks), b"".join(journal_lines))
         self.sync()  # outside the lock: one sync covers every process's appends so far
         return outcomes
 
     def record_fin(self, agency: int, batches: int) -> FinOutcome:
-        """Record that `agency` sent all of batches 1..`batches`, durably."""
+        """Record that `agency` sent all of batches 1..`batches`; returns once durable."""
         with self._locked():
             view = self.view
             if agency in view.fins:
-                return FinOutcome.DUPLICATE
-            if view.last_seq.get(agency, 0) != batches:
-                return FinOutcome.GAP
-            line = JournalRecord("fin", agency, batches).encode()
-            _write_all(self._journal_fd, line)
-            view.fold(line)
+                outcome = FinOutcome.DUPLICATE  # perhaps appended by a process that has not synced yet
+            elif self.drawn():
+                outcome = FinOutcome.ROUND_CLOSED
+            elif view.last_seq.get(agency, 0) != batches:
+                outcome = FinOutcome.GAP
+            else:
+                self._append(b"", fin_record(agency, batches).encode())
+                outcome = FinOutcome.RECORDED
         self.sync()
-        return FinOutcome.RECORDED
+        return outcome
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the journal as a checkpoint of the current state; (bytes before, after).
+
+        bets.csv is synced first, under the lock, because the checkpoint vouches for its bytes
+        without a CRC. Other processes notice the new file under the lock and fold it."""
+        with self._locked():
+            before = self.view.offset
+            _sync(self._bets_fd, BETS_FILE)
+            data = self.view.checkpoint()
+            write_file_atomically(self._journal_path, data)
+            os.close(self._journal_fd)
+            self._journal_fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
+            self.view.offset = len(data)
+        return before, len(data)

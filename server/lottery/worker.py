@@ -1,15 +1,24 @@
-"""A worker process: serves many agency connections at once, one handler each, in a selector loop.
+"""A worker process: accepts and serves many agency connections at once, in one selector loop.
 
-The supervisor hands each accepted connection to a worker over the worker's channel (a Unix
-SOCK_SEQPACKET socketpair that carries the file descriptor). The worker reads frames, answers
-ECHO, validates BET batches and commits every batch that arrived in one loop turn, from all its
-connections, with a single append and sync (group commit), then acknowledges them. It records
-FINs, tells the supervisor about them, and holds winners queries until the supervisor reports
-that the draw is done. Nothing is shared in memory with other processes: stored state lives in
-the storage files, and news travels over the channel.
+Each worker accepts on the listening socket it inherited from the supervisor (gunicorn's model),
+one connection per loop turn, and stops watching it while it serves WORKER_CONNECTIONS
+connections: the rest wait in the kernel's listen backlog for whichever worker has room. No file
+descriptor and no connection count travels between processes.
 
-Channel messages (one byte each): supervisor -> worker NEW_CONNECTION (+ fd), DRAW_DONE;
-worker -> supervisor CONNECTION_CLOSED, FIN_RECORDED.
+The worker reads frames, answers ECHO, validates BET batches and commits every batch that arrived
+in one loop turn, from all its connections, with a single append and sync (group commit), then
+acknowledges them. Answers on a connection leave in the order its requests came in: before any
+other answer, the connection's pending batches are committed and answered. It records FINs and
+holds winners queries until the round is drawn.
+
+Its channel to the supervisor carries only nudges, single bytes whose content does not matter:
+"the journal has a new FIN" (worker -> supervisor) and "the round is drawn" (supervisor ->
+worker). Both ends are non-blocking and a nudge that finds the channel full is dropped, since
+one is already pending; the facts themselves live in the storage, and both sides also re-check
+them on a periodic tick, so a lost nudge delays, never loses, anything.
+
+A failed fsync ends the worker at once with EXIT_SYNC_FAILED and no further answer (fail-stop);
+the supervisor then stops the whole central.
 """
 
 from __future__ import annotations
@@ -26,21 +35,54 @@ from dataclasses import dataclass, field
 from . import draw, protocol
 from .config import ServerConfig
 from .protocol import ErrorCode, MsgType, ProtocolError
-from .storage import FinOutcome, Outcome, Storage, StorageError
+from .storage import FinOutcome, Outcome, Storage, StorageError, WriteFailed
 from .wakeup import WakeupPipe
 
 log = logging.getLogger(__name__)
 
-NEW_CONNECTION = b"C"
-DRAW_DONE = b"D"
-CONNECTION_CLOSED = b"c"
-FIN_RECORDED = b"F"
+NUDGE = b"!"
+EXIT_SYNC_FAILED = 3  # the storage failed (fsync error or damage): the central must stop
 
 CLIENT_TYPES = frozenset({MsgType.ECHO, MsgType.BET, MsgType.FIN, MsgType.WINNERS_QUERY})
 RECV_SIZE = 65536
 MAX_OUTBUF = 256 * 1024  # stop reading from a peer that does not read its answers
 MAX_HELD_INBUF = 4 * protocol.MAX_FRAME  # what a held winners query may buffer behind it
 CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last answer
+TICK = 1.0  # seconds between sweeps: idle connections, the draw, a paused accept
+ACCEPT_PAUSE = 0.5  # seconds without accepting after accept ran out of descriptors or memory
+# accept errors that concern one connection that vanished: try the next one at once
+_TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+
+_OUTCOME_ERRORS = {
+    Outcome.GAP: (ErrorCode.SEQUENCE_GAP, "a previous batch is missing"),
+    Outcome.FINISHED: (ErrorCode.AGENCY_FINISHED, "the agency already sent FIN"),
+    Outcome.ROUND_CLOSED: (ErrorCode.ROUND_CLOSED, "the draw has already happened"),
+}
+
+
+def nudge(channel: socket.socket) -> bool:
+    """Send one nudge without blocking; False if the peer is gone. A full channel already holds
+    a nudge, so this one is not needed."""
+    try:
+        channel.send(NUDGE)
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def drain_nudges(channel: socket.socket) -> bool:
+    """Read every pending nudge; False once the peer has closed its end."""
+    while True:
+        try:
+            data = channel.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
 
 
 @dataclass(eq=False)
@@ -60,8 +102,11 @@ class Connection:
 
 
 class Worker:
-    def __init__(self, index: int, channel: socket.socket, config: ServerConfig) -> None:
+    def __init__(
+        self, index: int, listener: socket.socket, channel: socket.socket, config: ServerConfig
+    ) -> None:
         self.index = index
+        self.listener = listener
         self.channel = channel
         self.config = config
         self.storage = Storage(config.storage_dir)
@@ -70,6 +115,8 @@ class Worker:
         self.pending: list[tuple[Connection, protocol.Bet]] = []
         self.dirty: set[Connection] = set()
         self.winners: dict[int, list[str]] | None = None
+        self.accepting = False
+        self.accept_paused_until = 0.0
         self.stopping = False
         self.wakeup = WakeupPipe()
 
@@ -80,35 +127,49 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        if draw.draw_done(self.config.storage_dir):
-            self.winners = draw.load_winners(self.config.storage_dir)
+        self.channel.setblocking(False)
+        self._check_draw()
         self.selector.register(self.wakeup, selectors.EVENT_READ, "wake")
         self.selector.register(self.channel, selectors.EVENT_READ, "channel")
+        self._update_accepting()
         log.debug("action: worker_start | result: success | worker: %d | pid: %d", self.index, os.getpid())
-        next_sweep = time.monotonic() + 1.0
-        while not self.stopping:
-            for key, mask in self.selector.select(timeout=1.0):
-                if key.data == "wake":
-                    self.wakeup.drain()
-                elif key.data == "channel":
-                    self._on_channel()
-                else:
-                    self._on_event(key.data, mask)
-            self._commit()
-            self._flush_dirty()
-            now = time.monotonic()
-            if now >= next_sweep:
-                self._sweep(now)
-                next_sweep = now + 1.0
-        self._shutdown()
+        next_tick = time.monotonic() + TICK
+        try:
+            while not self.stopping:
+                for key, mask in self.selector.select(timeout=max(0.0, next_tick - time.monotonic())):
+                    if key.data == "wake":
+                        self.wakeup.drain()
+                    elif key.data == "channel":
+                        self._on_channel()
+                    elif key.data == "listener":
+                        self._accept()
+                    else:
+                        self._on_event(key.data, mask)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + TICK
+                self._commit()
+                self._flush_dirty()
+            self._shutdown()
+        except StorageError as err:  # fail-stop: no answer may follow a failed fsync
+            log.critical("action: storage_sync | result: fail | worker: %d | error: %s", self.index, err)
+            return EXIT_SYNC_FAILED
         return 0
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.stopping = True  # the loop acts; a handler only records
 
+    def _tick(self, now: float) -> None:
+        self._sweep(now)
+        self._check_draw()
+        self._update_accepting()
+
     def _shutdown(self) -> None:
         """Finish this turn's batches, tell every peer we are leaving, close everything."""
         self._commit()
+        self._stop_accepting()
+        self.listener.close()
         for conn in list(self.connections):
             if conn.held_agency is not None:
                 log.info(
@@ -117,7 +178,7 @@ class Worker:
                 )
             self._reply(conn, protocol.Error(ErrorCode.SHUTTING_DOWN, 0, "server shutting down"))
             self._flush(conn)
-            self._close(conn, "shutdown", notify=False)
+            self._close(conn, "shutdown")
         self.selector.close()
         self.channel.close()
         log.info("action: close_channel | result: success | worker: %d", self.index)
@@ -126,52 +187,86 @@ class Worker:
         self.wakeup.close()
         log.info("action: worker_exit | result: success | worker: %d", self.index)
 
-    # --- channel ------------------------------------------------------------------------------
+    # --- the supervisor and the draw ----------------------------------------------------------
 
     def _on_channel(self) -> None:
-        try:
-            message, fds, _, _ = socket.recv_fds(self.channel, 16, 4)
-        except InterruptedError:
-            return
-        if not message:
+        if not drain_nudges(self.channel):
             log.error("action: worker_channel | result: fail | worker: %d | reason: supervisor gone", self.index)
+            self.selector.unregister(self.channel)
             self.stopping = True
             return
-        if message == NEW_CONNECTION and fds:
-            self._adopt(fds[0])
-        elif message == DRAW_DONE:
-            self._on_draw_done()
-        for fd in fds[1:] if message == NEW_CONNECTION else fds:
-            os.close(fd)
+        self._check_draw()
 
-    def _notify(self, message: bytes) -> None:
-        try:
-            self.channel.send(message)
-        except OSError as err:
-            log.error("action: worker_channel | result: fail | worker: %d | error: %s", self.index, err)
-            self.stopping = True
-
-    def _adopt(self, fd: int) -> None:
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            host, port = sock.getpeername()[:2]
-            peer = f"{host}:{port}"
-        except OSError:
-            peer = "unknown"
-        conn = Connection(sock, peer, time.monotonic())
-        self.connections.add(conn)
-        self.selector.register(sock, selectors.EVENT_READ, conn)
-        log.debug("action: connection | result: success | peer: %s | worker: %d", peer, self.index)
-
-    def _on_draw_done(self) -> None:
+    def _check_draw(self) -> None:
+        """Load the result once the round is drawn, and answer the winners queries held for it."""
+        if self.winners is not None or not draw.draw_done(self.config.storage_dir):
+            return
         self.winners = draw.load_winners(self.config.storage_dir)
         for conn in list(self.connections):
             if conn.held_agency is not None:
                 agency, conn.held_agency = conn.held_agency, None
                 self._answer_winners(conn, agency)
                 self._process(conn)  # frames it sent behind the query
+                self._update_events(conn)
+
+    # --- accepting ----------------------------------------------------------------------------
+
+    def _update_accepting(self) -> None:
+        """Watch the listening socket only while there is room and accept is not paused."""
+        room = len(self.connections) < self.config.worker_connections
+        if room and not self.stopping and time.monotonic() >= self.accept_paused_until:
+            if not self.accepting:
+                self.selector.register(self.listener, selectors.EVENT_READ, "listener")
+                self.accepting = True
+        else:
+            if self.accepting and not room:
+                log.warning(
+                    "action: accept | result: in_progress | worker: %d | connections: %d"
+                    " | reason: every connection slot is taken, new connections wait in the backlog",
+                    self.index,
+                    len(self.connections),
+                )
+            self._stop_accepting()
+
+    def _stop_accepting(self) -> None:
+        if self.accepting:
+            self.selector.unregister(self.listener)
+            self.accepting = False
+
+    def _accept(self) -> None:
+        """Accept one connection (the other workers get their turn at the next ones)."""
+        while True:
+            try:
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno in _TRANSIENT_ACCEPT:
+                    log.info("action: accept | result: fail | worker: %d | error: %s", self.index, err)
+                    continue
+                # Out of descriptors or memory: the listener stays readable, so back off instead
+                # of spinning; connections wait in the backlog meanwhile.
+                log.error(
+                    "action: accept | result: fail | worker: %d | error: %s | reason: pausing accept for %gs",
+                    self.index,
+                    err,
+                    ACCEPT_PAUSE,
+                )
+                self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+                self._stop_accepting()
+                return
+            break
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # the peer is already gone; the first read will say so
+        peer = f"{address[0]}:{address[1]}"
+        conn = Connection(sock, peer, time.monotonic())
+        self.connections.add(conn)
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+        log.info("action: accept | result: success | peer: %s | worker: %d", peer, self.index)
+        self._update_accepting()
 
     # --- connections --------------------------------------------------------------------------
 
@@ -230,34 +325,27 @@ class Worker:
             return
         try:
             msg = protocol.decode_payload(msg_type, payload)
+            if isinstance(msg, (protocol.Bet, protocol.Fin, protocol.WinnersQuery)):
+                self._check_agency(msg.agency, getattr(msg, "seq", 0))
         except ProtocolError as err:
             if msg_type == MsgType.BET:
                 self._log_refused_batch(payload, err)
             self._refuse(conn, err, logged=msg_type == MsgType.BET)
             return
         if isinstance(msg, protocol.Bet):
-            if self._known_agency(conn, msg.agency, msg.seq):
-                self.pending.append((conn, msg))
-                conn.pending += 1
-            return
-        if conn.pending:
-            self._commit()  # answers go out in the order the requests came in
-        if isinstance(msg, protocol.Echo):
+            self.pending.append((conn, msg))  # answered after this turn's group commit
+            conn.pending += 1
+        elif isinstance(msg, protocol.Echo):
             log.info("action: echo | result: success | peer: %s | bytes: %d", conn.peer, len(msg.payload))
             self._reply(conn, msg)
         elif isinstance(msg, protocol.Fin):
-            if self._known_agency(conn, msg.agency):
-                self._on_fin(conn, msg)
+            self._on_fin(conn, msg)
         elif isinstance(msg, protocol.WinnersQuery):
-            if self._known_agency(conn, msg.agency):
-                self._on_winners_query(conn, msg.agency)
+            self._on_winners_query(conn, msg.agency)
 
-    def _known_agency(self, conn: Connection, agency: int, seq: int = 0) -> bool:
-        if 1 <= agency <= self.config.agencies:
-            return True
-        err = ProtocolError(ErrorCode.UNKNOWN_AGENCY, f"agency {agency} is outside 1..{self.config.agencies}", seq)
-        self._refuse(conn, err)
-        return False
+    def _check_agency(self, agency: int, seq: int) -> None:
+        if not 1 <= agency <= self.config.agencies:
+            raise ProtocolError(ErrorCode.UNKNOWN_AGENCY, f"agency {agency} is outside 1..{self.config.agencies}", seq)
 
     def _log_refused_batch(self, payload: bytes, err: ProtocolError) -> None:
         agency = seq = count = 0
@@ -286,18 +374,23 @@ class Worker:
             self._start_closing(conn)
 
     def _on_fin(self, conn: Connection, fin: protocol.Fin) -> None:
+        if conn.pending:
+            self._commit()  # the storage must see this connection's batches before its FIN
         try:
             outcome = self.storage.record_fin(fin.agency, fin.batches)
-        except (OSError, StorageError) as err:
-            self._storage_failed([conn], err)
+        except WriteFailed as err:
+            self._storage_failed([(conn, 0)], err)
             return
+        if outcome in (FinOutcome.RECORDED, FinOutcome.DUPLICATE):
+            nudge(self.channel)  # the supervisor re-checks the barrier (a DUPLICATE may be a retry)
         if outcome is FinOutcome.RECORDED:
             log.info("action: fin | result: success | agency: %d | batches: %d", fin.agency, fin.batches)
             self._reply(conn, protocol.FinAck(fin.agency))
-            self._notify(FIN_RECORDED)
             return
         if outcome is FinOutcome.DUPLICATE:
             code, reason = ErrorCode.DUPLICATE_FIN, f"FIN of agency {fin.agency} already recorded"
+        elif outcome is FinOutcome.ROUND_CLOSED:
+            code, reason = ErrorCode.ROUND_CLOSED, "the draw has already happened"
         else:
             last = self.storage.view.last_seq.get(fin.agency, 0)
             code, reason = ErrorCode.SEQUENCE_GAP, f"FIN announces {fin.batches} batches, {last} stored"
@@ -312,7 +405,9 @@ class Worker:
 
     def _on_winners_query(self, conn: Connection, agency: int) -> None:
         if self.winners is None:
-            conn.held_agency = agency  # answered by _on_draw_done; never with partial results
+            if conn.pending:
+                self._commit()  # its batches are answered before the query is held
+            conn.held_agency = agency  # answered by _check_draw; never with partial results
             log.info("action: consulta_ganadores | result: in_progress | agency: %d | waiting: draw", agency)
             return
         self._answer_winners(conn, agency)
@@ -320,8 +415,7 @@ class Worker:
     def _answer_winners(self, conn: Connection, agency: int) -> None:
         documents = (self.winners or {}).get(agency, [])
         for page in protocol.winners_pages(agency, documents):
-            conn.outbuf += page
-        self.dirty.add(conn)
+            self._reply_raw(conn, page)
         log.info("action: consulta_ganadores | result: success | agency: %d | cant_ganadores: %d", agency, len(documents))
 
     # --- group commit -------------------------------------------------------------------------
@@ -331,16 +425,15 @@ class Worker:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
+        for conn, _ in pending:
+            conn.pending = 0
         try:
             outcomes = self.storage.store_batches([bet for _, bet in pending])
-        except (OSError, StorageError) as err:
-            for conn, _ in pending:
-                conn.pending = 0
-            self._storage_failed([conn for conn, _ in pending], err)
+        except WriteFailed as err:
+            self._storage_failed([(conn, bet.seq) for conn, bet in pending], err)
             return
         debug = log.isEnabledFor(logging.DEBUG)
         for (conn, bet), outcome in zip(pending, outcomes):
-            conn.pending -= 1
             if outcome is Outcome.STORED:
                 log.info(
                     "action: apuesta_recibida | result: success | cantidad: %d | agency: %d | seq: %d",
@@ -349,34 +442,51 @@ class Worker:
                     bet.seq,
                 )
                 if debug:
-                    for line in bet.bets.decode("utf-8").splitlines():
-                        _, _, document, _, number = line.split(",")
-                        log.debug("action: apuesta_almacenada | result: success | dni: %s | numero: %s", document, number)
+                    self._log_each_bet(bet)
                 self._reply(conn, protocol.Ack(bet.agency, bet.seq))
             elif outcome is Outcome.DUPLICATE:
                 log.info("action: batch_duplicate | result: success | agency: %d | seq: %d", bet.agency, bet.seq)
                 self._reply(conn, protocol.Ack(bet.agency, bet.seq))
             else:
-                code = ErrorCode.SEQUENCE_GAP if outcome is Outcome.GAP else ErrorCode.AGENCY_FINISHED
-                reason = (
-                    f"batch {bet.seq} of agency {bet.agency}: "
-                    + ("a previous batch is missing" if outcome is Outcome.GAP else "the agency already sent FIN")
-                )
-                self._log_refused_batch(protocol.BET_HEAD.pack(bet.agency, bet.seq, bet.count), ProtocolError(code, reason))
-                self._reply(conn, protocol.Error(code, bet.seq, reason))
+                code, why = _OUTCOME_ERRORS[outcome]
+                err = ProtocolError(code, f"batch {bet.seq} of agency {bet.agency}: {why}", bet.seq)
+                self._log_refused_batch(protocol.BET_HEAD.pack(bet.agency, bet.seq, bet.count), err)
+                self._reply(conn, protocol.Error(code, bet.seq, err.reason))
 
-    def _storage_failed(self, conns: list[Connection], err: Exception) -> None:
+    @staticmethod
+    def _log_each_bet(bet: protocol.Bet) -> None:
+        # Split on the protocol's own line end only: str.splitlines() would also split a name at
+        # U+2028 or U+0085, which are valid in a name. The document and number are the last fields.
+        for line in bet.bets[:-1].split(b"\n"):
+            _, document, _, number = line.rsplit(b",", 3)
+            log.debug(
+                "action: apuesta_almacenada | result: success | dni: %s | numero: %s",
+                document.decode("ascii"),
+                number.decode("ascii"),
+            )
+
+    def _storage_failed(self, requests: list[tuple[Connection, int]], err: Exception) -> None:
+        """An append failed and was undone: each request gets INTERNAL_ERROR (with its batch's
+        seq) and its connection is closed; the agency comes back and resends."""
         log.error("action: storage_write | result: fail | worker: %d | error: %s", self.index, err)
-        for conn in conns:
-            if conn.open:
-                self._reply(conn, protocol.Error(ErrorCode.INTERNAL_ERROR, 0, "storage failure"))
-                self._start_closing(conn)
+        for conn, seq in requests:
+            if conn.open and conn.closing_since is None:
+                self._reply(conn, protocol.Error(ErrorCode.INTERNAL_ERROR, seq, "storage failure"))
+        for conn, _ in requests:
+            self._start_closing(conn)
 
     # --- output -------------------------------------------------------------------------------
 
     def _reply(self, conn: Connection, msg: protocol.Message) -> None:
+        self._reply_raw(conn, protocol.encode(msg))
+
+    def _reply_raw(self, conn: Connection, frame: bytes) -> None:
+        """Queue one answer. The connection's pending batches are committed (and answered) first,
+        so answers always leave in the order the requests came in."""
+        if conn.pending:
+            self._commit()
         if conn.open:
-            conn.outbuf += protocol.encode(msg)
+            conn.outbuf += frame
             self.dirty.add(conn)
 
     def _flush_dirty(self) -> None:
@@ -424,23 +534,20 @@ class Worker:
         if conn.closing_since is None:
             conn.closing_since = time.monotonic()
             conn.inbuf.clear()
+            self.dirty.add(conn)  # closed once its last answer is out
 
-    def _close(self, conn: Connection, reason: str, notify: bool = True) -> None:
+    def _close(self, conn: Connection, reason: str) -> None:
         if not conn.open:
             return
         conn.open = False
         if conn.events:
             self.selector.unregister(conn.sock)
-        try:
-            conn.sock.close()
-        except OSError as err:  # pragma: no cover - close of a TCP socket rarely fails
-            if err.errno != errno.EBADF:
-                raise
+        conn.sock.close()
         self.connections.discard(conn)
         self.dirty.discard(conn)
         log.info("action: close_connection | result: success | peer: %s | reason: %s", conn.peer, reason)
-        if notify:
-            self._notify(CONNECTION_CLOSED)
+        if not self.stopping:
+            self._update_accepting()
 
     def _sweep(self, now: float) -> None:
         """Close idle connections and those that would not take their last answer."""
@@ -459,6 +566,11 @@ class Worker:
                 self._flush(conn)
 
 
-def run_worker(index: int, channel: socket.socket, config: ServerConfig) -> int:
+def run_worker(index: int, listener: socket.socket, channel: socket.socket, config: ServerConfig) -> int:
     """Entry point in the forked child; returns its exit code."""
-    return Worker(index, channel, config).run()
+    try:
+        worker = Worker(index, listener, channel, config)
+    except StorageError as err:
+        log.critical("action: storage_open | result: fail | worker: %d | error: %s", index, err)
+        return EXIT_SYNC_FAILED
+    return worker.run()

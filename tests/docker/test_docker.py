@@ -230,3 +230,32 @@ def test_hand_made_agency_and_bad_input_beside_real_agencies(compose) -> None:
     rows = run("docker", "exec", "server", "python3", "-c",
                "print(sum(1 for _ in open('/storage/bets.csv', 'rb')))").stdout.strip()
     assert int(rows) == 2 * 16_000 + 2 + int(largest.group(1))  # the attacks stored nothing
+
+
+def test_a_failed_fsync_stops_the_server_and_compose_restarts_it(compose) -> None:
+    """Fail-stop under Compose: an fdatasync error injected (strace, from the host) into a worker
+    makes the central exit 3; the restart policy starts it again, recovery runs, and the agencies,
+    which kept retrying, finish with exact winners and every bet stored once."""
+    project = compose(2, slow_clients)
+    project("up", "-d", timeout=300)
+    project.wait_log("server", r"apuesta_recibida \| result: success", count=20)
+    supervisor = int(run("docker", "inspect", "-f", "{{.State.Pid}}", "server").stdout)
+    worker = int(open(f"/proc/{supervisor}/task/{supervisor}/children").read().split()[0])
+    tracer = subprocess.Popen(["strace", "-qq", "-p", str(worker), "-e", "trace=fdatasync",
+                               "-e", "inject=fdatasync:error=EIO:when=1", "-o", "/dev/null"])
+    try:
+        project.wait_log("server", r"action: storage_sync \| result: fail", timeout=60)
+    finally:
+        tracer.kill()
+        tracer.wait(timeout=10)
+    project.wait_log("server", r"action: exit \| result: fail", timeout=30)
+    project.wait_log("server", r"action: storage_recovery \| result: success", count=2, timeout=60)
+    for agency, client in enumerate(project.clients, start=1):
+        assert project.wait_exit(client) == 0, project.logs(client)[-3000:]
+        assert f"cant_ganadores: {DEFAULT_WINNERS[agency]}" in project.logs(client)
+    restarts = run("docker", "inspect", "-f", "{{.RestartCount}}", "server").stdout.strip()
+    assert restarts == "1"
+    documents = run("docker", "exec", "server", "python3", "-c",
+                    "import csv; rows = list(csv.reader(open('/storage/bets.csv', encoding='utf-8')));"
+                    "print(len(rows), len({r[3] for r in rows}))").stdout.split()
+    assert documents == ["32000", "32000"]

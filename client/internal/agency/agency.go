@@ -52,12 +52,12 @@ func broken(format string, args ...any) error {
 	return &connError{fmt.Errorf(format, args...)}
 }
 
-// Stats sums up a run.
-type Stats struct {
-	Bets        int      // valid bets sent (and acknowledged, once Run succeeds)
-	Batches     uint32   // batches sent: the last seq
-	InvalidRows int      // rows of the file skipped as invalid
-	Winners     []string // the agency's winning documents
+// runStats sums up a run for its log lines.
+type runStats struct {
+	bets        int      // valid bets sent (and acknowledged, once Run succeeds)
+	batches     uint32   // batches sent: the last seq, announced by FIN
+	invalidRows int      // rows of the file skipped as invalid
+	winners     []string // the agency's winning documents
 }
 
 // Agency is one agency's run. Create it with New, call Run once, then Close.
@@ -81,7 +81,7 @@ type Agency struct {
 	finDone  bool
 	failures int // consecutive failures since the last good answer
 
-	stats Stats
+	stats runStats
 }
 
 // New opens the bets file (data.path); the file is read lazily, row by row, during Run.
@@ -100,9 +100,6 @@ func New(cfg config.Config, log *logs.Logger) (*Agency, error) {
 		builder: bets.NewBuilder(cfg.ID, cfg.BatchMaxAmount),
 	}, nil
 }
-
-// Stats returns the figures of the run so far.
-func (a *Agency) Stats() Stats { return a.stats }
 
 // Close closes the connection (if one is open) and the bets file, logging one line for each.
 func (a *Agency) Close() {
@@ -147,18 +144,22 @@ func (a *Agency) Run(ctx context.Context) error {
 	}
 }
 
-// backoff is the wait after the k-th consecutive failure: initial * 2^(k-1) capped at the
-// maximum, with jitter in [d/2, d].
+// backoff is the wait after the k-th consecutive failure: a random duration in [d/2, d] with
+// d = backoffCeiling(k). The jitter spreads out agencies that lost the central at the same time.
 func (a *Agency) backoff(k int) time.Duration {
+	d := a.backoffCeiling(k)
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+// backoffCeiling is the longest wait after the k-th consecutive failure: initial * 2^(k-1)
+// capped at the maximum.
+func (a *Agency) backoffCeiling(k int) time.Duration {
 	d := a.cfg.RetryInitialBackoff
 	for i := 1; i < k && d < a.cfg.RetryMaxBackoff; i++ {
 		d *= 2
 	}
-	if d > a.cfg.RetryMaxBackoff {
-		d = a.cfg.RetryMaxBackoff
-	}
-	half := d / 2
-	return half + rand.N(d-half+1)
+	return min(d, a.cfg.RetryMaxBackoff)
 }
 
 // sleep waits d or until ctx is done; it reports whether the whole wait elapsed.
@@ -203,21 +204,21 @@ func (a *Agency) attempt(ctx context.Context) error {
 			return err
 		}
 		a.sendDone = true
-		a.log.Info("apuestas_enviadas", logs.Success, "cantidad", a.stats.Bets,
-			"batches", a.stats.Batches, "invalid_rows", a.stats.InvalidRows)
+		a.log.Info("apuestas_enviadas", logs.Success, "cantidad", a.stats.bets,
+			"batches", a.stats.batches, "invalid_rows", a.stats.invalidRows)
 	}
 	if !a.finDone {
 		if err := a.fin(); err != nil {
 			return err
 		}
 		a.finDone = true
-		a.log.Info("fin", logs.Success, "batches", a.stats.Batches)
+		a.log.Info("fin", logs.Success, "batches", a.stats.batches)
 	}
 	docs, err := a.winners()
 	if err != nil {
 		return err
 	}
-	a.stats.Winners = docs
+	a.stats.winners = docs
 	a.log.Info("consulta_ganadores", logs.Success, "cant_ganadores", len(docs))
 	return nil
 }
@@ -265,7 +266,7 @@ func (a *Agency) sendBets() error {
 				wrote = true
 			}
 			a.unacked = append(a.unacked, bt)
-			a.stats.Batches = bt.Seq
+			a.stats.batches = bt.Seq
 			if _, err := a.bw.Write(bt.Frame); err != nil {
 				return broken("send batch %d: %w", bt.Seq, err)
 			}
@@ -293,16 +294,16 @@ func (a *Agency) sendBets() error {
 // no bet is pending. Invalid rows are logged and skipped.
 func (a *Agency) nextBatch() (*bets.Batch, error) {
 	for {
-		row, err := a.reader.Next()
+		line, err := a.reader.Next()
 		var rowErr *bets.RowError
 		switch {
 		case err == nil:
-			a.stats.Bets++
-			if full := a.builder.Add(row.Text); full != nil {
+			a.stats.bets++
+			if full := a.builder.Add(line); full != nil {
 				return full, nil
 			}
 		case errors.As(err, &rowErr):
-			a.stats.InvalidRows++
+			a.stats.invalidRows++
 			a.log.Warning("leer_apuesta", logs.Fail, "line", rowErr.Line, "reason", rowErr.Reason)
 		case errors.Is(err, io.EOF):
 			a.eof = true
@@ -367,7 +368,7 @@ func describe(m protocol.Message) string {
 // fin sends FIN and waits for FIN_ACK; DUPLICATE_FIN means an earlier FIN was recorded.
 func (a *Agency) fin() error {
 	a.writeDeadline()
-	if err := protocol.Send(a.bw, protocol.Fin{Agency: a.cfg.ID, Batches: a.stats.Batches}); err != nil {
+	if err := protocol.Send(a.bw, protocol.Fin{Agency: a.cfg.ID, Batches: a.stats.batches}); err != nil {
 		return broken("send FIN: %w", err)
 	}
 	m, err := a.read(a.cfg.IOTimeout)

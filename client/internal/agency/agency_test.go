@@ -1,6 +1,7 @@
 // Tests of the agency session against a small in-test TCP server that speaks the protocol:
 // happy path, pipelining window, dropped connection with resend, DUPLICATE_FIN, fatal refusals,
 // SHUTTING_DOWN during the winners wait, cancellation, and a server that is never up.
+
 package agency
 
 import (
@@ -34,6 +35,7 @@ type fakeServer struct {
 	ackBeforeDrop   int             // first connection: ACK only its first K BETs
 	windowCheck     int             // hold ACKs until this many BETs are pending, then check no more arrive
 	betError        *protocol.Error // answer every BET with this ERROR
+	finError        *protocol.Error // answer every FIN with this ERROR
 	alwaysDupFin    bool            // answer every FIN with DUPLICATE_FIN
 	holdWinners     bool            // never answer WINNERS_QUERY
 	shutdownQueries int             // answer the first N WINNERS_QUERY with SHUTTING_DOWN and close
@@ -165,6 +167,8 @@ func (s *fakeServer) serve(c net.Conn, connNo int) {
 			s.finCount++
 			var ans protocol.Message
 			switch {
+			case s.finError != nil:
+				ans = *s.finError
 			case s.alwaysDupFin || s.finCount > 1:
 				ans = protocol.Error{Code: protocol.CodeDuplicateFin, Reason: "FIN already recorded"}
 			case v.Batches != s.lastStored:
@@ -349,12 +353,12 @@ func TestHappyPath(t *testing.T) {
 				t.Fatalf("server stored %d bytes, want %d", len(got), len(want))
 			}
 			batches := uint32((tt.rows + tt.maxAmount - 1) / tt.maxAmount)
-			st := a.Stats()
-			if st.Bets != tt.rows || st.Batches != batches || srv.finBatches != batches {
+			st := a.stats
+			if st.bets != tt.rows || st.batches != batches || srv.finBatches != batches {
 				t.Fatalf("stats %+v, FIN batches %d, want %d bets %d batches", st, srv.finBatches, tt.rows, batches)
 			}
-			if len(st.Winners) != len(tt.winners) {
-				t.Fatalf("winners %v, want %v", st.Winners, tt.winners)
+			if len(st.winners) != len(tt.winners) {
+				t.Fatalf("winners %v, want %v", st.winners, tt.winners)
 			}
 			for _, line := range []string{
 				"INFO action: connect | result: success | server_address: " + srv.addr() + "\n",
@@ -390,8 +394,8 @@ func TestInvalidRowsAreSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log)
 	}
-	if !bytes.Equal(srv.allStored(), want) || a.Stats().InvalidRows != 2 {
-		t.Fatalf("stored/invalid mismatch: %+v", a.Stats())
+	if !bytes.Equal(srv.allStored(), want) || a.stats.invalidRows != 2 {
+		t.Fatalf("stored/invalid mismatch: %+v", a.stats)
 	}
 	for _, line := range []string{
 		"WARNING action: leer_apuesta | result: fail | line: 13 | reason: birthdate\n",
@@ -472,8 +476,8 @@ func TestReconnectResendsUnacked(t *testing.T) {
 					t.Fatalf("seq %d sent %d times, want %d (seen %v)", seq, count[seq], want, seen)
 				}
 			}
-			if a.Stats().Batches != 10 || srv.finBatches != 10 || len(a.Stats().Winners) != 1 {
-				t.Fatalf("stats %+v fin %d", a.Stats(), srv.finBatches)
+			if a.stats.batches != 10 || srv.finBatches != 10 || len(a.stats.winners) != 1 {
+				t.Fatalf("stats %+v fin %d", a.stats, srv.finBatches)
 			}
 			if !strings.Contains(log, "WARNING action: connect | result: fail | attempt: 1 | error: ") {
 				t.Fatalf("no connect fail line:\n%s", log)
@@ -511,8 +515,8 @@ func TestShuttingDownDuringWinnersRetriesQuery(t *testing.T) {
 	}
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
-	if srv.conns != 3 || srv.finCount != 1 || len(a.Stats().Winners) != 2 {
-		t.Fatalf("conns %d fins %d winners %v", srv.conns, srv.finCount, a.Stats().Winners)
+	if srv.conns != 3 || srv.finCount != 1 || len(a.stats.winners) != 2 {
+		t.Fatalf("conns %d fins %d winners %v", srv.conns, srv.finCount, a.stats.winners)
 	}
 	// After the FIN was recorded, a reconnect goes straight to the query.
 	if srv.firstMsgs[1] != protocol.TypeWinnersQuery || srv.firstMsgs[2] != protocol.TypeWinnersQuery {
@@ -520,7 +524,16 @@ func TestShuttingDownDuringWinnersRetriesQuery(t *testing.T) {
 	}
 }
 
+// refusedWith reports whether err is a RefusedError for an ERROR with code.
+func refusedWith(code protocol.ErrorCode) func(error) bool {
+	return func(err error) bool {
+		var re *RefusedError
+		return errors.As(err, &re) && re.Answer.Code == code
+	}
+}
+
 func TestFatalAnswers(t *testing.T) {
+	roundClosed := &protocol.Error{Code: protocol.CodeRoundClosed, Reason: "the draw has already happened"}
 	tests := []struct {
 		name  string
 		setup func(*fakeServer)
@@ -528,16 +541,12 @@ func TestFatalAnswers(t *testing.T) {
 	}{
 		{"INVALID_BET", func(s *fakeServer) {
 			s.betError = &protocol.Error{Code: protocol.CodeInvalidBet, Reason: "bet 1: birthdate"}
-		}, func(err error) bool {
-			var re *RefusedError
-			return errors.As(err, &re) && re.Answer.Code == protocol.CodeInvalidBet
-		}},
+		}, refusedWith(protocol.CodeInvalidBet)},
 		{"UNKNOWN_AGENCY", func(s *fakeServer) {
 			s.betError = &protocol.Error{Code: protocol.CodeUnknownAgency}
-		}, func(err error) bool {
-			var re *RefusedError
-			return errors.As(err, &re) && re.Answer.Code == protocol.CodeUnknownAgency
-		}},
+		}, refusedWith(protocol.CodeUnknownAgency)},
+		{"ROUND_CLOSED on a batch", func(s *fakeServer) { s.betError = roundClosed }, refusedWith(protocol.CodeRoundClosed)},
+		{"ROUND_CLOSED on FIN", func(s *fakeServer) { s.finError = roundClosed }, refusedWith(protocol.CodeRoundClosed)},
 		{"ACK for the wrong seq", func(s *fakeServer) { s.badAck = true }, func(err error) bool {
 			return errors.Is(err, ErrProtocol)
 		}},
@@ -669,6 +678,33 @@ func TestBackoff(t *testing.T) {
 				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", tt.k, d, tt.lo, tt.hi)
 			}
 		}
+	}
+}
+
+// TestDefaultRetryBudget checks the default retry settings keep an agency retrying through a
+// central restart (a few seconds, plus Docker's restart delay) but not forever: the waits
+// between the attempts add up to at least a minute even with the shortest jitter, and to at
+// most two and a half minutes.
+func TestDefaultRetryBudget(t *testing.T) {
+	cfg, err := config.Load("/dev/null", func(k string) string {
+		if k == "CLI_ID" {
+			return "1"
+		}
+		return ""
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agency{cfg: cfg}
+	var longest time.Duration
+	// Run sleeps after every failed attempt but the last.
+	for k := 1; k < cfg.RetryAttempts; k++ {
+		longest += a.backoffCeiling(k)
+	}
+	shortest := longest / 2 // backoff(k) is at least half its ceiling
+	if shortest < time.Minute || longest > 150*time.Second {
+		t.Fatalf("%d attempts wait %v to %v in all, want at least 1m and at most 2m30s",
+			cfg.RetryAttempts, shortest, longest)
 	}
 }
 

@@ -1,6 +1,7 @@
 // This file owns the batch builder: it packs valid bet lines into whole BET frames, cutting a
 // batch when it holds batch.maxAmount bets or when the next bet would push the frame past
 // protocol.MaxFrame (8192) bytes.
+
 package bets
 
 import (
@@ -82,9 +83,6 @@ func (b *Builder) Flush() *Batch {
 	}
 	return b.cut()
 }
-
-// LastSeq is the sequence number of the last batch returned (0 before the first).
-func (b *Builder) LastSeq() uint32 { return b.nextSeq - 1 }
 
 // Recycle hands back the frame of an acknowledged batch for reuse.
 func (b *Builder) Recycle(bt *Batch) {

@@ -1,12 +1,10 @@
-// Package bets owns the agency's bets on the client side: the streaming CSV reader (one row at
-// a time, never the whole file) and the batch builder that packs valid bet lines into BET
-// frames within batch.maxAmount and the 8192-byte frame limit.
-//
-// This file owns the reader.
+// This file owns the reader of the agency's bets file.
+
 package bets
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -24,13 +22,9 @@ const (
 // too long without being held (a valid bet line is at most 234 bytes).
 const readerBufferSize = 64 << 10
 
-// Row is one valid bet read from the file. Text and Fields alias the reader's buffer and are
-// valid only until the next call to Next.
-type Row struct {
-	Line   int    // 1-based line number in the file
-	Text   []byte // the bet line without its line terminator
-	Fields protocol.BetFields
-}
+// utf8BOM is the byte order mark some editors and spreadsheets ("CSV UTF-8") write at the start
+// of a UTF-8 file. It marks the encoding and is not part of the first row's first name.
+var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
 
 // RowError reports a row that is not a valid bet. The reader carries on after it.
 type RowError struct {
@@ -43,11 +37,13 @@ func (e *RowError) Error() string {
 }
 
 // Reader reads bet rows `first name,last name,document,birthdate,number` from a UTF-8 CSV
-// stream: no header, no quoting (a '"' makes the row invalid), LF or CRLF line ends. Blank lines
-// at the end of the file are ignored; a blank line followed by more rows is an invalid row.
+// stream: no header, no quoting (a '"' makes the row invalid), LF or CRLF line ends, an optional
+// UTF-8 BOM at the very start. Blank lines at the end of the file are ignored; a blank line
+// followed by more rows is an invalid row.
 type Reader struct {
-	br   *bufio.Reader
-	line int // number of the last physical line read
+	br         *bufio.Reader
+	line       int  // number of the last physical line read
+	bomChecked bool // the start of the stream was checked for a BOM
 
 	blankFrom  int // first of a run of blank lines not reported yet
 	blankCount int
@@ -62,15 +58,17 @@ func NewReader(r io.Reader) *Reader {
 	return &Reader{br: bufio.NewReaderSize(r, readerBufferSize)}
 }
 
-// Next returns the next valid bet. It returns a *RowError for an invalid row (call Next again
-// to go on), io.EOF at the end of the input, or the read error of the underlying reader.
-func (r *Reader) Next() (Row, error) {
+// Next returns the next valid bet line, without its line terminator. The line aliases the
+// reader's buffer and is valid only until the next call to Next. Next returns a *RowError for
+// an invalid row (call Next again to go on), io.EOF at the end of the input, or the read error
+// of the underlying reader.
+func (r *Reader) Next() ([]byte, error) {
 	for {
 		if r.blankCount > 0 && (r.held != nil || r.heldTooBig) {
 			line := r.blankFrom
 			r.blankFrom++
 			r.blankCount--
-			return Row{}, &RowError{Line: line, Reason: ReasonEmptyLine}
+			return nil, &RowError{Line: line, Reason: ReasonEmptyLine}
 		}
 		if r.held != nil || r.heldTooBig {
 			text, n, tooBig := r.held, r.heldLine, r.heldTooBig
@@ -78,7 +76,7 @@ func (r *Reader) Next() (Row, error) {
 			return r.row(text, n, tooBig)
 		}
 		if r.done {
-			return Row{}, io.EOF
+			return nil, io.EOF
 		}
 		text, tooBig, err := r.readLine()
 		if err != nil {
@@ -87,7 +85,7 @@ func (r *Reader) Next() (Row, error) {
 				r.blankCount = 0
 				continue
 			}
-			return Row{}, fmt.Errorf("read line %d: %w", r.line+1, err)
+			return nil, fmt.Errorf("read line %d: %w", r.line+1, err)
 		}
 		if len(text) == 0 && !tooBig {
 			if r.blankCount == 0 {
@@ -107,21 +105,26 @@ func (r *Reader) Next() (Row, error) {
 	}
 }
 
-func (r *Reader) row(text []byte, line int, tooBig bool) (Row, error) {
+func (r *Reader) row(text []byte, line int, tooBig bool) ([]byte, error) {
 	if tooBig {
-		return Row{}, &RowError{Line: line, Reason: ReasonLineTooLong}
+		return nil, &RowError{Line: line, Reason: ReasonLineTooLong}
 	}
-	f, reason := protocol.ParseBetLine(text)
-	if reason != "" {
-		return Row{}, &RowError{Line: line, Reason: reason}
+	if _, reason := protocol.ParseBetLine(text); reason != "" {
+		return nil, &RowError{Line: line, Reason: reason}
 	}
-	return Row{Line: line, Text: text, Fields: f}, nil
+	return text, nil
 }
 
 // readLine reads one physical line without its "\n" or "\r\n". A line that does not fit the
 // buffer is skipped to its end and reported with tooBig. It returns io.EOF only when no byte
-// is left.
+// is left. A UTF-8 BOM at the start of the stream is skipped; one anywhere else is data.
 func (r *Reader) readLine() (text []byte, tooBig bool, err error) {
+	if !r.bomChecked {
+		r.bomChecked = true
+		if err := r.skipBOM(); err != nil {
+			return nil, false, err
+		}
+	}
 	text, err = r.br.ReadSlice('\n')
 	for errors.Is(err, bufio.ErrBufferFull) {
 		tooBig = true
@@ -146,4 +149,18 @@ func (r *Reader) readLine() (text []byte, tooBig bool, err error) {
 		text = text[:n-1]
 	}
 	return text, false, nil
+}
+
+// skipBOM discards a UTF-8 BOM at the start of the stream. A stream shorter than a BOM is not
+// an error here: readLine reads what there is.
+func (r *Reader) skipBOM() error {
+	p, err := r.br.Peek(len(utf8BOM))
+	if bytes.Equal(p, utf8BOM) {
+		_, err = r.br.Discard(len(utf8BOM))
+		return err
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
 }

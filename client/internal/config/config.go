@@ -38,7 +38,6 @@ type Config struct {
 	RetryMaxBackoff     time.Duration
 	IOTimeout           time.Duration
 	WinnersTimeout      time.Duration
-	Path                string // the file read, "" if none
 }
 
 // key describes one configuration key: its dotted YAML path, its environment variable and its
@@ -56,7 +55,9 @@ var keys = []key{
 	{"batch.maxAmount", "CLI_BATCH_MAXAMOUNT", "100"},
 	{"batch.window", "CLI_BATCH_WINDOW", "16"},
 	{"data.path", "CLI_DATA_PATH", "/data/agency.csv"},
-	{"retry.attempts", "CLI_RETRY_ATTEMPTS", "10"},
+	// 30 attempts with the backoff below wait about 1 to 2 minutes in all: long enough to ride
+	// out a restart of the central (a few seconds, plus Docker's restart delay).
+	{"retry.attempts", "CLI_RETRY_ATTEMPTS", "30"},
 	{"retry.initialBackoff", "CLI_RETRY_INITIALBACKOFF", "100ms"},
 	{"retry.maxBackoff", "CLI_RETRY_MAXBACKOFF", "5s"},
 	{"io.timeout", "CLI_IO_TIMEOUT", "10s"},
@@ -128,12 +129,12 @@ func Load(path string, getenv func(string) string) (Config, error) {
 		dec.KnownFields(true)
 		// io.EOF: an empty file.
 		if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-			return Config{}, fmt.Errorf("config file %s: %v", path, err)
+			return Config{}, fmt.Errorf("config file %s: %w", path, err)
 		}
 	case !explicit && errors.Is(err, fs.ErrNotExist):
-		path = ""
+		// No file at the default path: the defaults and the environment apply.
 	default:
-		return Config{}, fmt.Errorf("config file: %v", err)
+		return Config{}, fmt.Errorf("config file: %w", err)
 	}
 
 	values := f.values()
@@ -148,9 +149,7 @@ func Load(path string, getenv func(string) string) (Config, error) {
 		}
 		vals[k.name] = strings.TrimSpace(v)
 	}
-	c, err := parse(vals)
-	c.Path = path
-	return c, err
+	return parse(vals)
 }
 
 func parse(v map[string]string) (Config, error) {
@@ -174,12 +173,14 @@ func parse(v map[string]string) (Config, error) {
 	}
 
 	if c.LogLevel, err = logs.ParseLevel(v["log.level"]); err != nil {
-		return c, fmt.Errorf("log.level: %v", err)
+		return c, fmt.Errorf("log.level: %w", err)
 	}
 	if c.BatchMaxAmount, err = intIn(v, "batch.maxAmount", 1, 65535); err != nil {
 		return c, err
 	}
-	if c.BatchWindow, err = intIn(v, "batch.window", 1, 1<<20); err != nil {
+	// Every batch in flight is held until acknowledged (up to 8 kB each), so the window is
+	// bounded: 256 frames is 2 MiB, far more than it takes to keep one connection busy.
+	if c.BatchWindow, err = intIn(v, "batch.window", 1, 256); err != nil {
 		return c, err
 	}
 	if c.DataPath = v["data.path"]; c.DataPath == "" {

@@ -1,10 +1,12 @@
 // Tests of config loading: defaults, the repository's config.yaml, environment overrides and
 // one error per bad value, each naming its key.
+
 package config
 
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,22 +35,28 @@ func TestDefaults(t *testing.T) {
 	}
 	want := Config{
 		ID: 3, ServerAddress: "server:12345", LogLevel: logs.Info, BatchMaxAmount: 100,
-		BatchWindow: 16, DataPath: "/data/agency.csv", RetryAttempts: 10,
+		BatchWindow: 16, DataPath: "/data/agency.csv", RetryAttempts: 30,
 		RetryInitialBackoff: 100 * time.Millisecond, RetryMaxBackoff: 5 * time.Second,
-		IOTimeout: 10 * time.Second, WinnersTimeout: 10 * time.Minute, Path: p,
+		IOTimeout: 10 * time.Second, WinnersTimeout: 10 * time.Minute,
 	}
 	if c != want {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
 	}
 }
 
+// TestRepositoryConfigFile checks client/config.yaml loads and states exactly the defaults, so
+// the file documents what an agency gets without it.
 func TestRepositoryConfigFile(t *testing.T) {
 	c, err := Load("../../config.yaml", env(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ID != 1 || c.ServerAddress != "server:12345" || c.BatchMaxAmount != 100 || c.BatchWindow != 16 {
-		t.Fatalf("unexpected %+v", c)
+	defaults, err := Load("/dev/null", env(map[string]string{"CLI_ID": "1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != defaults {
+		t.Fatalf("config.yaml %+v\ndefaults    %+v", c, defaults)
 	}
 }
 
@@ -71,7 +79,7 @@ func TestMissingDefaultFileUsesEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ID != 7 || c.Path != "" {
+	if c.ID != 7 {
 		t.Fatalf("got %+v", c)
 	}
 	if _, err := Load("", env(nil)); err == nil || !strings.HasPrefix(err.Error(), "id: ") {
@@ -111,7 +119,7 @@ func TestEnvOverrides(t *testing.T) {
 		ID: 4, ServerAddress: "127.0.0.1:9000", LogLevel: logs.Debug, BatchMaxAmount: 65535,
 		BatchWindow: 2, DataPath: "/tmp/x.csv", RetryAttempts: 3,
 		RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 2 * time.Millisecond,
-		IOTimeout: 3 * time.Second, WinnersTimeout: time.Hour, Path: p,
+		IOTimeout: 3 * time.Second, WinnersTimeout: time.Hour,
 	}
 	if c != want {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
@@ -158,6 +166,8 @@ func TestBadValuesNameTheKey(t *testing.T) {
 		{"CLI_BATCH_MAXAMOUNT", "65536", "batch.maxAmount"},
 		{"CLI_BATCH_MAXAMOUNT", "1.5", "batch.maxAmount"},
 		{"CLI_BATCH_WINDOW", "0", "batch.window"},
+		{"CLI_BATCH_WINDOW", "257", "batch.window"},
+		{"CLI_BATCH_WINDOW", "1048576", "batch.window"},
 		{"CLI_RETRY_ATTEMPTS", "0", "retry.attempts"},
 		{"CLI_RETRY_INITIALBACKOFF", "100", "retry.initialBackoff"},
 		{"CLI_RETRY_INITIALBACKOFF", "-1s", "retry.initialBackoff"},
@@ -179,6 +189,32 @@ func TestBadValuesNameTheKey(t *testing.T) {
 	}
 	if _, err := Load(writeFile(t, "id: 1\ndata:\n  path: ''\n"), env(nil)); err == nil || !strings.HasPrefix(err.Error(), "data.path: ") {
 		t.Fatalf("empty data.path: %v", err)
+	}
+}
+
+// TestRangeLimitsAccepted checks the ends of the integer ranges are accepted.
+func TestRangeLimitsAccepted(t *testing.T) {
+	tests := []struct {
+		env string
+		val string
+		get func(Config) int
+	}{
+		{"CLI_BATCH_WINDOW", "1", func(c Config) int { return c.BatchWindow }},
+		{"CLI_BATCH_WINDOW", "256", func(c Config) int { return c.BatchWindow }},
+		{"CLI_BATCH_MAXAMOUNT", "1", func(c Config) int { return c.BatchMaxAmount }},
+		{"CLI_BATCH_MAXAMOUNT", "65535", func(c Config) int { return c.BatchMaxAmount }},
+		{"CLI_RETRY_ATTEMPTS", "1", func(c Config) int { return c.RetryAttempts }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.env+"="+tt.val, func(t *testing.T) {
+			c, err := Load("/dev/null", env(map[string]string{"CLI_ID": "1", tt.env: tt.val}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strconv.Itoa(tt.get(c)); got != tt.val {
+				t.Fatalf("got %s", got)
+			}
+		})
 	}
 }
 

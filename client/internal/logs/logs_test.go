@@ -1,4 +1,5 @@
 // Tests of the log line format and level filtering.
+
 package logs
 
 import (

@@ -1,5 +1,6 @@
 // This file owns the bet line rules of docs/protocol.md (the same rules as
 // server/lottery/protocol.py), checked by a hand-written single-pass parser.
+
 package protocol
 
 import (
@@ -66,12 +67,6 @@ func ParseBetLine(line []byte) (f BetFields, reason string) {
 		return f, ReasonNumber
 	}
 	return f, ""
-}
-
-// ValidateBetLine returns "" when line (without '\n') is a valid bet, else the reason.
-func ValidateBetLine(line []byte) string {
-	_, reason := ParseBetLine(line)
-	return reason
 }
 
 // validName: 1 to 100 bytes, no ',', no '"', no control character. UTF-8 validity is checked
@@ -155,7 +150,7 @@ func ValidateBets(bets []byte, count int) error {
 	}
 	for i := 1; len(bets) > 0; i++ {
 		j := bytes.IndexByte(bets, '\n')
-		if reason := ValidateBetLine(bets[:j]); reason != "" {
+		if _, reason := ParseBetLine(bets[:j]); reason != "" {
 			return fmt.Errorf("bet %d: %s: %w", i, reason, ErrInvalidBet)
 		}
 		bets = bets[j+1:]

@@ -1,9 +1,6 @@
-// Package protocol owns the bytes of the lottery wire protocol, version 1 (docs/protocol.md):
-// the 6-byte frame header, the eight message types, their encoders and decoders, the sentinel
-// errors and the bet line rules. Nothing here dials or sets deadlines; callers own the socket.
-//
 // This file owns the frame header, the message type and error code enumerations, the sentinel
 // errors and ReadFrame / WriteFrame.
+
 package protocol
 
 import (
@@ -78,6 +75,7 @@ const (
 	CodeIdleTimeout        ErrorCode = 10
 	CodeShuttingDown       ErrorCode = 11
 	CodeInternalError      ErrorCode = 12
+	CodeRoundClosed        ErrorCode = 13 // the draw has already happened: a new batch or FIN is refused
 )
 
 var codeNames = map[ErrorCode]string{
@@ -93,6 +91,7 @@ var codeNames = map[ErrorCode]string{
 	CodeIdleTimeout:        "IDLE_TIMEOUT",
 	CodeShuttingDown:       "SHUTTING_DOWN",
 	CodeInternalError:      "INTERNAL_ERROR",
+	CodeRoundClosed:        "ROUND_CLOSED",
 }
 
 // String returns the protocol name of the code, e.g. "DUPLICATE_FIN".

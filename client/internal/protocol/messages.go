@@ -1,4 +1,5 @@
 // This file owns the eight message structs and their encoding to and decoding from payloads.
+
 package protocol
 
 import (
@@ -87,11 +88,6 @@ func (Winners) Type() Type { return TypeWinners }
 // Type implements Message.
 func (Error) Type() Type { return TypeError }
 
-// Error makes an ERROR message usable as a Go error (e.g. to return a refusal to a caller).
-func (e Error) Error() string {
-	return fmt.Sprintf("server error %s (seq %d): %s", e.Code, e.Seq, e.Reason)
-}
-
 // AppendHeader appends a frame header for a payload of n bytes.
 func AppendHeader(dst []byte, t Type, n int) []byte {
 	dst = append(dst, Version, byte(t))
@@ -166,21 +162,6 @@ func truncateUTF8(s string, n int) string {
 		n--
 	}
 	return s[:n]
-}
-
-// Decode decodes one whole frame held in buf; buf must be exactly one frame long.
-func Decode(buf []byte) (Message, error) {
-	if len(buf) < HeaderSize {
-		return nil, fmt.Errorf("proto: decode: %d bytes is shorter than a header: %w", len(buf), ErrMalformed)
-	}
-	t, n, err := ParseHeader([HeaderSize]byte(buf[:HeaderSize]))
-	if err != nil {
-		return nil, err
-	}
-	if len(buf)-HeaderSize != n {
-		return nil, fmt.Errorf("proto: decode: header says %d payload bytes, have %d: %w", n, len(buf)-HeaderSize, ErrMalformed)
-	}
-	return DecodePayload(t, buf[HeaderSize:])
 }
 
 func malformed(t Type, format string, args ...any) error {

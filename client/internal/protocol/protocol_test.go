@@ -1,6 +1,7 @@
 // Tests of the protocol package against testdata/protocol_vectors.json (shared with the Python
 // server's tests): every frame vector both ways, every invalid frame, every bet line; plus
 // FuzzReadFrame.
+
 package protocol
 
 import (
@@ -9,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -91,6 +93,28 @@ func loadVectors(t testing.TB) vectors {
 	return v
 }
 
+// decode decodes one whole frame held in buf, which must be exactly one frame long: the
+// vectors are whole frames, and production code only ever reads frames from a stream.
+func decode(buf []byte) (Message, error) {
+	if len(buf) < HeaderSize {
+		return nil, fmt.Errorf("decode: %d bytes is shorter than a header: %w", len(buf), ErrMalformed)
+	}
+	t, n, err := ParseHeader([HeaderSize]byte(buf[:HeaderSize]))
+	if err != nil {
+		return nil, err
+	}
+	if len(buf)-HeaderSize != n {
+		return nil, fmt.Errorf("decode: header says %d payload bytes, have %d: %w", n, len(buf)-HeaderSize, ErrMalformed)
+	}
+	return DecodePayload(t, buf[HeaderSize:])
+}
+
+// reasonOf returns "" when line (without '\n') is a valid bet, else the reason.
+func reasonOf(line []byte) string {
+	_, reason := ParseBetLine(line)
+	return reason
+}
+
 func mustHex(t testing.TB, s string) []byte {
 	t.Helper()
 	b, err := hex.DecodeString(s)
@@ -167,7 +191,7 @@ func TestFrameVectors(t *testing.T) {
 				t.Fatalf("Encode:\n got %x\nwant %x", got, want)
 			}
 
-			dec, err := Decode(want)
+			dec, err := decode(want)
 			if err != nil {
 				t.Fatalf("Decode: %v", err)
 			}
@@ -244,10 +268,13 @@ func TestInvalidFrameVectors(t *testing.T) {
 					t.Fatalf("consumed %d bytes, want only the %d header bytes", consumed, HeaderSize)
 				}
 			}
-			if len(raw) >= HeaderSize {
-				if _, err := Decode(raw); !errors.Is(err, want) && !errors.Is(err, ErrMalformed) {
-					t.Fatalf("Decode error %v, want %s", err, iv.Error)
-				}
+			// A whole-frame decode refuses the frame with the same code as the stream reader.
+			_, err = decode(raw)
+			if !errors.Is(err, want) {
+				t.Fatalf("decode error %v, want %s", err, iv.Error)
+			}
+			if code, ok := CodeOf(err); !ok || code.String() != iv.Error {
+				t.Fatalf("decode: CodeOf = %s, %v; want %s", code, ok, iv.Error)
 			}
 		})
 	}
@@ -261,7 +288,7 @@ func TestBetLineVectors(t *testing.T) {
 			name = "valid"
 		}
 		t.Run(name, func(t *testing.T) {
-			reason := ValidateBetLine([]byte(bl.Line))
+			reason := reasonOf([]byte(bl.Line))
 			if bl.Valid && reason != "" {
 				t.Fatalf("line %d %q: invalid (%s), want valid", i, bl.Line, reason)
 			}
@@ -273,7 +300,7 @@ func TestBetLineVectors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = Decode(frame)
+			_, err = decode(frame)
 			if bl.Valid != (err == nil) {
 				t.Fatalf("Decode of a BET with the line: %v", err)
 			}
@@ -308,7 +335,7 @@ func TestBetLineExtra(t *testing.T) {
 		{strings.Repeat("é", 50) + "a,B,1,1990-01-01,1", ReasonFirstName},
 	}
 	for _, tt := range tests {
-		if got := ValidateBetLine([]byte(tt.line)); got != tt.reason {
+		if got := reasonOf([]byte(tt.line)); got != tt.reason {
 			t.Errorf("%q: reason %q, want %q", tt.line, got, tt.reason)
 		}
 	}
@@ -338,6 +365,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"winners no newline", append(AppendHeader(nil, TypeWinners, 8), 0, 0, 0, 1, 1, 0, 1, '7'), ErrMalformed},
 		{"winners bad utf8", append(AppendHeader(nil, TypeWinners, 9), 0, 0, 0, 1, 1, 0, 1, 0xff, '\n'), ErrMalformed},
 		{"error unknown code", append(AppendHeader(nil, TypeError, 6), 0, 99, 0, 0, 0, 0), ErrMalformed},
+		{"error code 0", append(AppendHeader(nil, TypeError, 6), 0, 0, 0, 0, 0, 0), ErrMalformed},
+		{"error code 14", append(AppendHeader(nil, TypeError, 6), 0, 14, 0, 0, 0, 0), ErrMalformed},
 		{"error short", append(AppendHeader(nil, TypeError, 5), 0, 5, 0, 0, 0), ErrMalformed},
 		{"error reason too long", append(append(AppendHeader(nil, TypeError, 6+256), 0, 5, 0, 0, 0, 0), bytes.Repeat([]byte("a"), 256)...), ErrMalformed},
 		{"type zero", AppendHeader(nil, 0, 0), ErrUnknownType},
@@ -346,10 +375,32 @@ func TestDecodeErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := Decode(tt.raw); !errors.Is(err, tt.want) {
+			if _, err := decode(tt.raw); !errors.Is(err, tt.want) {
 				t.Fatalf("Decode error %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestErrorCodes(t *testing.T) {
+	names := []string{
+		"UNSUPPORTED_VERSION", "UNKNOWN_TYPE", "FRAME_TOO_LARGE", "MALFORMED", "INVALID_BET",
+		"UNKNOWN_AGENCY", "SEQUENCE_GAP", "AGENCY_FINISHED", "DUPLICATE_FIN", "IDLE_TIMEOUT",
+		"SHUTTING_DOWN", "INTERNAL_ERROR", "ROUND_CLOSED",
+	}
+	for i, name := range names {
+		c := ErrorCode(i + 1)
+		if c.String() != name || !c.Known() {
+			t.Errorf("code %d: %s (known %v), want %s", uint16(c), c, c.Known(), name)
+		}
+	}
+	if CodeRoundClosed != 13 {
+		t.Errorf("CodeRoundClosed = %d, want 13", uint16(CodeRoundClosed))
+	}
+	for _, c := range []ErrorCode{0, ErrorCode(len(names) + 1), 0xFFFF} {
+		if c.Known() {
+			t.Errorf("code %d is known", uint16(c))
+		}
 	}
 }
 
@@ -395,8 +446,9 @@ func TestEncodeRefusesLargeFrames(t *testing.T) {
 	}
 }
 
-// FuzzReadFrame feeds arbitrary bytes to ReadFrame: it must not panic, and a frame it decodes
-// must re-encode to exactly the bytes it consumed.
+// FuzzReadFrame feeds arbitrary bytes to ReadFrame: it must not panic, every error must map to
+// an ERROR code or be a truncation, and a frame it decodes must re-encode to exactly the bytes
+// it consumed.
 func FuzzReadFrame(f *testing.F) {
 	v := loadVectors(f)
 	for _, fv := range v.Frames {
@@ -409,6 +461,10 @@ func FuzzReadFrame(f *testing.F) {
 		r := bytes.NewReader(data)
 		m, err := ReadFrame(r)
 		if err != nil {
+			// Every refusal is a protocol violation with its ERROR code, or a truncated stream.
+			if _, ok := CodeOf(err); !ok && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Fatalf("error %v is neither a protocol code nor a truncation", err)
+			}
 			return
 		}
 		consumed := data[:len(data)-r.Len()]
@@ -422,10 +478,10 @@ func FuzzReadFrame(f *testing.F) {
 	})
 }
 
-func BenchmarkValidateBetLine(b *testing.B) {
+func BenchmarkParseBetLine(b *testing.B) {
 	line := []byte("Santiago Lionel,Lorca,30904465,1999-03-17,7574")
 	for i := 0; i < b.N; i++ {
-		if ValidateBetLine(line) != "" {
+		if _, reason := ParseBetLine(line); reason != "" {
 			b.Fatal("invalid")
 		}
 	}

@@ -1,0 +1,328 @@
+"""Durability under injected faults, on the real server process, with strace as the fault injector.
+
+What these tests pin (storage.py, worker.py, supervisor.py):
+
+- Nothing is answered before it is durable: a resent batch's ACK and a DUPLICATE_FIN leave the
+  worker only after an fdatasync of bets.csv and of journal.log.
+- The draw barrier is a condition on the journal: a worker killed after appending the last FIN
+  but before syncing it (and before nudging the supervisor) still leads to exactly one draw.
+- fsync failure is fail-stop: a worker whose fdatasync fails answers nothing more, the central
+  exits with code 3, and the next start on the same storage finishes the round from the disk.
+
+Faults are injected into one worker (WORKERS=1) with ``strace -p``: an EIO on its first
+fdatasync, or a SIGKILL at it. Every test ends by checking that each acknowledged bet is stored
+exactly once and that the winners (number 7574) are exact.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from conftest import DATA, DEFAULT_WINNERS, Peer, batch, bet, wait_until, worker_pids
+from lottery import protocol
+from lottery.protocol import ErrorCode
+
+STRACE = shutil.which("strace") or "strace"  # required: `make test` checks it is installed
+EXIT_SYNC_FAILED = 3
+
+
+# --- strace ------------------------------------------------------------------------------------
+
+
+def tracer_of(pid: int) -> int:
+    """The pid tracing `pid` (0 if none, or if `pid` is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^TracerPid:\s+(\d+)", status, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+@contextmanager
+def strace(pid: int, out: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Attach strace to `pid` (writing its trace to `out`), yield once it traces, always detach."""
+    tracer = subprocess.Popen([STRACE, "-qq", "-p", str(pid), "-o", str(out), *options],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: tracer_of(pid) == tracer.pid or tracer.poll() is not None, 5, "strace to attach")
+        if tracer.poll() is not None:  # a busy tracee may already have hit the fault and died
+            problem = tracer.stderr.read().decode(errors="replace")
+            assert tracer.returncode == 0 and not problem, f"strace failed: {problem}"
+        else:
+            time.sleep(0.3)  # let strace finish setting up syscall stops before the test acts
+        yield tracer
+    finally:
+        detach(tracer)
+
+
+def detach(tracer: subprocess.Popen[bytes]) -> None:
+    """Stop strace (it detaches on SIGTERM and flushes its output); a no-op once it has exited."""
+    if tracer.poll() is None:
+        tracer.send_signal(signal.SIGTERM)
+        try:
+            tracer.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait(timeout=10)
+    if tracer.stderr is not None:
+        tracer.stderr.close()
+
+
+def fail_first_fdatasync(pid: int, out: Path):
+    return strace(pid, out, "-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO:when=1")
+
+
+def kill_at_first_fdatasync(pid: int, out: Path):
+    return strace(pid, out, "-e", "trace=fdatasync", "-e", "inject=fdatasync:signal=SIGKILL:when=1")
+
+
+@dataclass(frozen=True)
+class Syscall:
+    name: str
+    fd: int
+    data: bytes  # the buffer, for recvfrom/sendto
+    result: int | None  # None when the call did not return (killed)
+
+
+SYSCALL_LINE = re.compile(
+    r'^(?P<name>recvfrom|sendto|fdatasync)\((?P<fd>\d+)(?:, "(?P<data>(?:\\x[0-9a-f]{2})*)")?.*'
+    r"=\s+(?P<result>-?\d+|\?)"
+)
+
+
+def read_trace(out: Path) -> list[Syscall]:
+    """The calls of a trace taken with -xx (every buffer byte as \\xNN) and a large -s."""
+    calls = []
+    for line in out.read_text().splitlines():
+        found = SYSCALL_LINE.match(line)
+        if found:
+            data = bytes.fromhex((found.group("data") or "").replace("\\x", ""))
+            result = None if found.group("result") == "?" else int(found.group("result"))
+            calls.append(Syscall(found.group("name"), int(found.group("fd")), data, result))
+    return calls
+
+
+def frames(data: bytes) -> list[protocol.Message]:
+    """The whole frames in a sent buffer."""
+    buffer, messages = io.BytesIO(data), []
+    while buffer.tell() < len(data):
+        messages.append(protocol.read_frame(buffer.read))
+    return messages
+
+
+def assert_synced_between(calls: list[Syscall], worker: int, request: bytes, answer) -> None:
+    """After the recvfrom that carried `request`, the first sendto on that connection carries a
+    frame `answer(frame)` accepts, and both bets.csv and journal.log were fdatasync'ed in between."""
+    received = next((i for i, c in enumerate(calls) if c.name == "recvfrom" and request in c.data), None)
+    assert received is not None, f"no recvfrom carried {request.hex()}: {calls}"
+    conn = calls[received].fd
+    sent = next((i for i in range(received + 1, len(calls))
+                 if calls[i].name == "sendto" and calls[i].fd == conn), None)
+    assert sent is not None, f"no answer was sent on fd {conn}: {calls[received:]}"
+    assert any(answer(m) for m in frames(calls[sent].data)), frames(calls[sent].data)
+    synced = {os.path.basename(os.readlink(f"/proc/{worker}/fd/{c.fd}"))
+              for c in calls[received + 1 : sent] if c.name == "fdatasync" and c.result == 0}
+    assert {"bets.csv", "journal.log"} <= synced, f"answered before a sync: {calls[received : sent + 1]}"
+
+
+# --- the protocol and the storage ----------------------------------------------------------------
+
+
+def expect_error(message: protocol.Message, code: ErrorCode) -> None:
+    assert isinstance(message, protocol.Error) and message.code is code, message
+
+
+def expect_no_answer(peer: Peer) -> None:
+    """The connection ends without one more byte: the process serving it is gone."""
+    try:
+        data = peer.sock.recv(64)
+    except ConnectionResetError:
+        return
+    assert data == b"", f"an answer arrived after the fault: {data!r}"
+
+
+def only_worker(server) -> int:
+    pids = wait_until(lambda: worker_pids(server.proc.pid), 10, "the worker")
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def stored_rows(storage: Path) -> list[str]:
+    return (storage / "bets.csv").read_text(encoding="utf-8").splitlines()
+
+
+def csv_row(agency: int, b: tuple[str, str, str, str, str]) -> str:
+    return ",".join((str(agency), *b))
+
+
+def assert_stored_exactly(storage: Path, acknowledged: dict[int, list[tuple[str, str, str, str, str]]]) -> None:
+    """bets.csv holds every acknowledged bet exactly once, and nothing else."""
+    expected = [csv_row(agency, b) for agency, bets in acknowledged.items() for b in bets]
+    assert sorted(stored_rows(storage)) == sorted(expected)
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_a_worker_killed_between_the_last_fin_and_its_sync_still_gets_the_draw(start_server, peers,
+                                                                               tmp_path) -> None:
+    server = start_server(agencies=2, WORKERS=1)
+    bets = {1: [bet("101", "7574"), bet("102", "5")], 2: [bet("201", "7574"), bet("202", "7575")]}
+    one = peers(server.port)
+    one.send(batch(1, 1, bets[1]))
+    assert one.recv() == protocol.Ack(1, 1)
+    one.send(protocol.Fin(1, 1))
+    assert one.recv() == protocol.FinAck(1)
+    one.send(protocol.WinnersQuery(1))
+    server.wait_log(r"consulta_ganadores \| result: in_progress \| agency: 1")
+    two = peers(server.port)
+    two.send(batch(2, 1, bets[2]))
+    assert two.recv() == protocol.Ack(2, 1)
+
+    # The last FIN is appended to the journal, then the worker dies at its first fdatasync:
+    # no sync, no nudge to the supervisor, no answer.
+    with kill_at_first_fdatasync(only_worker(server), tmp_path / "kill.trace"):
+        two.send(protocol.Fin(2, 1))
+        expect_no_answer(two)
+    server.wait_log(r"worker_exit \| result: fail .*killed by SIGKILL")
+    expect_no_answer(one)  # the held query died with the worker
+
+    # Nobody sends anything more: the supervisor finds the FIN in the journal on its own.
+    server.wait_log(r"action: sorteo \| result: success", timeout=5)
+
+    one, two = peers(server.port), peers(server.port)
+    two.send(protocol.Fin(2, 1))
+    expect_error(two.recv(), ErrorCode.DUPLICATE_FIN)  # the FIN is in the journal
+    two.send(protocol.WinnersQuery(2))
+    assert two.recv() == protocol.Winners(2, True, ("201",))
+    one.send(protocol.WinnersQuery(1))
+    assert one.recv() == protocol.Winners(1, True, ("101",))
+    assert server.log().count("action: sorteo | result: success") == 1
+    assert_stored_exactly(server.storage, bets)
+    assert (server.storage / "winners.csv").read_text().splitlines() == ["1,101", "2,201"]
+
+
+def test_duplicate_fin_is_answered_only_after_a_sync(start_server, peers, tmp_path) -> None:
+    server = start_server(agencies=2, WORKERS=1)  # agency 2 never finishes here: no draw yet
+    bets = [bet("301", "7574"), bet("302", "12")]
+    peer = peers(server.port)
+    peer.send(batch(1, 1, bets))
+    assert peer.recv() == protocol.Ack(1, 1)
+    peer.send(protocol.Fin(1, 1))
+    assert peer.recv() == protocol.FinAck(1)
+
+    worker = only_worker(server)
+    trace = tmp_path / "answers.trace"
+    resent, fin = protocol.encode(batch(1, 1, bets)), protocol.encode(protocol.Fin(1, 1))
+    with strace(worker, trace, "-xx", "-s", "65536", "-e", "trace=fdatasync,sendto,recvfrom"):
+        peer.send_raw(resent)  # already stored: the duplicate ACK must state a durable fact too
+        assert peer.recv() == protocol.Ack(1, 1)
+        peer.send_raw(fin)
+        expect_error(peer.recv(), ErrorCode.DUPLICATE_FIN)
+    calls = read_trace(trace)
+    assert_synced_between(calls, worker, resent, lambda m: m == protocol.Ack(1, 1))
+    assert_synced_between(calls, worker, fin,
+                          lambda m: isinstance(m, protocol.Error) and m.code is ErrorCode.DUPLICATE_FIN)
+
+    other = peers(server.port)
+    other.send(protocol.Fin(2, 0))
+    assert other.recv() == protocol.FinAck(2)
+    peer.send(protocol.WinnersQuery(1))
+    assert peer.recv() == protocol.Winners(1, True, ("301",))
+    assert_stored_exactly(server.storage, {1: bets})
+
+
+def test_an_fdatasync_error_after_a_fin_stops_the_central_and_the_restart_draws(start_server, peers,
+                                                                                tmp_path) -> None:
+    storage = tmp_path / "eio"
+    server = start_server(agencies=2, storage=storage, WORKERS=1)
+    port = server.port
+    bets = {1: [bet("401", "7574"), bet("402", "1")], 2: [bet("501", "3"), bet("502", "7574")]}
+    one = peers(port)
+    one.send(batch(1, 1, bets[1]))
+    assert one.recv() == protocol.Ack(1, 1)
+    one.send(protocol.Fin(1, 1))
+    assert one.recv() == protocol.FinAck(1)
+    one.send(protocol.WinnersQuery(1))
+    server.wait_log(r"consulta_ganadores \| result: in_progress \| agency: 1")
+    two = peers(port)
+    two.send(batch(2, 1, bets[2]))
+    assert two.recv() == protocol.Ack(2, 1)
+
+    with fail_first_fdatasync(only_worker(server), tmp_path / "eio.trace"):
+        two.send(protocol.Fin(2, 1))
+        # Fail-stop: no FIN_ACK and no error frame; not even the held query hears anything.
+        expect_no_answer(two)
+        expect_no_answer(one)
+        assert server.proc.wait(timeout=10) == EXIT_SYNC_FAILED
+    log = server.log()
+    assert "action: storage_sync | result: fail" in log
+    assert "action: exit | result: fail" in log.rstrip().splitlines()[-1], log[-2000:]
+    assert "action: fin | result: success | agency: 2" not in log
+
+    # The next start decides from the disk whether the FIN was kept; either way the round ends.
+    server = start_server(agencies=2, storage=storage, port=port, WORKERS=1)
+    one, two = peers(port), peers(port)
+    two.send(protocol.Fin(2, 1))
+    answer = two.recv()
+    assert answer == protocol.FinAck(2) or (
+        isinstance(answer, protocol.Error) and answer.code is ErrorCode.DUPLICATE_FIN), answer
+    two.send(protocol.WinnersQuery(2))
+    assert two.recv() == protocol.Winners(2, True, ("502",))
+    one.send(protocol.WinnersQuery(1))
+    assert one.recv() == protocol.Winners(1, True, ("401",))
+    draws = sum(path.read_text().count("action: sorteo | result: success") for path in tmp_path.glob("server*.log"))
+    assert draws == 1
+    assert_stored_exactly(storage, bets)
+
+
+# --- with real agencies ----------------------------------------------------------------------------
+
+
+def data_rows(agency: int) -> list[str]:
+    lines = (DATA / f"agency-{agency}.csv").read_text(encoding="utf-8").splitlines()
+    return [f"{agency},{line.strip()}" for line in lines if line.strip()]
+
+
+def test_an_fdatasync_error_after_a_batch_is_never_acknowledged(start_server, launch, tmp_path) -> None:
+    storage = tmp_path / "eio-batches"
+    server = start_server(agencies=2, storage=storage, WORKERS=1)
+    port = server.port
+    clients = [launch(a, port, DATA / f"agency-{a}.csv", CLI_BATCH_MAXAMOUNT=20, CLI_BATCH_WINDOW=2, CLI_RETRY_INITIALBACKOFF="50ms",
+                        CLI_RETRY_MAXBACKOFF="500ms", CLI_RETRY_ATTEMPTS=60) for a in (1, 2)]
+    server.wait_log(r"apuesta_recibida \| result: success", count=20, timeout=30)
+
+    # The batches of the commit whose sync fails were appended but must never be acknowledged;
+    # an agency that got no ACK resends them, and the restart must not store them twice.
+    with fail_first_fdatasync(only_worker(server), tmp_path / "eio.trace"):
+        assert server.proc.wait(timeout=10) == EXIT_SYNC_FAILED
+    log = server.log()
+    assert "action: storage_sync | result: fail" in log
+    assert "action: exit | result: fail" in log.rstrip().splitlines()[-1], log[-2000:]
+    assert all(client.proc.poll() is None for client in clients), "an agency gave up during the fault"
+
+    server = start_server(agencies=2, storage=storage, port=port, WORKERS=1)
+    for client in clients:
+        assert client.proc.wait(timeout=120) == 0, client.log()[-2000:]
+        assert client.winners() == DEFAULT_WINNERS[client.agency]
+    rows = stored_rows(storage)
+    documents = [row.split(",")[3] for row in rows]
+    assert len(rows) == 32_000 and len(set(documents)) == 32_000
+    assert sorted(rows) == sorted(data_rows(1) + data_rows(2))
+    server.wait_log(r"action: sorteo \| result: success")
+    winners = (storage / "winners.csv").read_text().splitlines()
+    assert len(winners) == DEFAULT_WINNERS[1] + DEFAULT_WINNERS[2]
+    assert sorted(winners) == sorted(f"{row.split(',')[0]},{row.split(',')[3]}"
+                                     for row in rows if row.rsplit(",", 1)[1] == "7574")
+    assert server.stop() == 0

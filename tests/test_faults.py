@@ -1,0 +1,288 @@
+"""The central's promises under faults, with the real server as a process: one central per storage,
+no blocking between processes, a round that ends with its draw, answers in request order, a
+bounded restart, survived accept and write errors. Every test ends with each acknowledged bet
+stored exactly once.
+
+(Fault injection with strace, for fsync errors and kills at the worst moment: test_durability.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, DEFAULT_WINNERS, SERVER_DIR, Peer, batch, bet, free_port, stored_documents, worker_pids
+from lottery import protocol
+from lottery.protocol import ErrorCode
+
+
+def expect_error(message: protocol.Message, code: ErrorCode, seq: int | None = None) -> protocol.Error:
+    assert isinstance(message, protocol.Error), message
+    assert message.code is code, message
+    if seq is not None:
+        assert message.seq == seq, message
+    return message
+
+
+def rows(storage: Path) -> list[str]:
+    # split on "\n" only: str.splitlines() would also split at U+2028, valid inside a name
+    return (storage / "bets.csv").read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def run_server(storage: Path, timeout: float = 20, **env: object) -> subprocess.CompletedProcess[str]:
+    """The server in the foreground, for starts that must fail."""
+    full = {**os.environ, "SERVER_IP": "127.0.0.1", "SERVER_PORT": str(free_port()), "STORAGE_DIR": str(storage),
+            "WORKERS": "1", **{k: str(v) for k, v in env.items()}}
+    return subprocess.run([sys.executable, str(SERVER_DIR / "main.py")], env=full, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+# --- one central per storage ----------------------------------------------------------------
+
+
+def test_a_second_central_on_the_same_storage_refuses_and_touches_nothing(start_server, launch, tmp_path) -> None:
+    storage = tmp_path / "shared"
+    server = start_server(agencies=2, storage=storage)
+    clients = [launch(a, server.port, DATA / f"agency-{a}.csv", CLI_BATCH_MAXAMOUNT=10, CLI_BATCH_WINDOW=1)
+               for a in (1, 2)]
+    server.wait_log(r"apuesta_recibida \| result: success", count=50)
+    before = (storage / "bets.csv").stat().st_size
+    second = run_server(storage, AGENCIES=2)
+    assert second.returncode == 1, second.stdout
+    refusal = [line for line in second.stdout.splitlines() if "result: fail" in line]
+    assert len(refusal) == 1, second.stdout
+    assert f"action: storage_lock | result: fail | storage: {storage} | holder: pid {server.proc.pid}" in refusal[0]
+    assert "action: storage_recovery" not in second.stdout and "action: listen" not in second.stdout
+    assert (storage / "bets.csv").stat().st_size >= before  # nothing was cut under the running central
+    for client in clients:
+        assert client.wait() == 0, client.log()[-2000:]
+        assert client.winners() == DEFAULT_WINNERS[client.agency]
+    documents = stored_documents(storage)
+    assert len(documents) == len(set(documents)) == 32_000
+    assert server.stop() == 0
+
+
+# --- no blocking between processes -----------------------------------------------------------
+
+
+def test_bursts_of_short_and_idle_connections_never_block_the_central(start_server, peers) -> None:
+    server = start_server(WORKERS=1, WORKER_CONNECTIONS=2000, IDLE_TIMEOUT=2)
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(900)]
+    opened = time.monotonic()
+    try:
+        # Short connections, each closed at once, until well past the moment the 900 idle ones are
+        # swept together (2 to 3 s after they opened): new and closed connections at once.
+        burst = 0
+        while burst < 2000 or time.monotonic() - opened < 4.5:
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=3).close()
+            except OSError:
+                break  # the backlog is full: the central stopped accepting
+            burst += 1
+        assert burst >= 2000, f"only {burst} connections were accepted"
+        probe = peers(server.port, timeout=5)
+        probe.send(protocol.Echo(b"during the burst"))
+        assert probe.recv() == protocol.Echo(b"during the burst")
+        server.wait_log(r"code: IDLE_TIMEOUT", count=900, timeout=20)  # the sweep closes all 900 at once
+        fresh = peers(server.port)
+        fresh.send(protocol.Echo(b"after the sweep"))
+        assert fresh.recv() == protocol.Echo(b"after the sweep")
+    finally:
+        for sock in idle:
+            sock.close()
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM, timeout=15) == 0
+    assert time.monotonic() - started < 10
+    assert "SIGKILL" not in server.log()
+
+
+def test_accept_out_of_descriptors_is_logged_and_survived(start_server, peers) -> None:
+    server = start_server(WORKERS=1, WORKER_CONNECTIONS=500)
+    worker = worker_pids(server.proc.pid)[0]
+    _, hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+    resource.prlimit(worker, resource.RLIMIT_NOFILE, (40, hard))
+    held = [Peer(server.port) for _ in range(60)]  # more than the worker can hold open
+    try:
+        server.wait_log(r"action: accept \| result: fail \| worker: 1 \| error: .*Too many open files")
+    finally:
+        for peer in held:
+            peer.close()
+    resource.prlimit(worker, resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    peer = peers(server.port)
+    peer.send(protocol.Echo(b"still serving"))
+    assert peer.recv() == protocol.Echo(b"still serving")
+    assert worker_pids(server.proc.pid) == [worker]  # the same worker, and the supervisor, survived
+    assert server.stop() == 0
+
+
+# --- a round ends with its draw --------------------------------------------------------------
+
+
+def test_after_the_draw_new_bets_and_fins_are_refused_and_resends_still_acknowledged(start_server, peers) -> None:
+    server = start_server(agencies=1)
+    peer = peers(server.port)
+    peer.send(batch(1, 1, [bet("11", "7574")]))
+    peer.send(protocol.Fin(1, 1))
+    peer.send(protocol.WinnersQuery(1))
+    assert [peer.recv(), peer.recv(), peer.recv()] == [protocol.Ack(1, 1), protocol.FinAck(1),
+                                                        protocol.Winners(1, True, ("11",))]
+    peer.send(batch(1, 2, [bet("12", "7574")]))
+    expect_error(peer.recv(), ErrorCode.ROUND_CLOSED, seq=2)
+    peer.send(batch(1, 1, [bet("11", "7574")]))  # a resend states a stored fact: acknowledged
+    assert peer.recv() == protocol.Ack(1, 1)
+    peer.send(protocol.Fin(1, 1))
+    expect_error(peer.recv(), ErrorCode.DUPLICATE_FIN)
+    server.wait_log(r"apuesta_recibida \| result: fail \| cantidad: 1 \| agency: 1 \| seq: 2 \| code: ROUND_CLOSED")
+    assert rows(server.storage) == ["1,Ana,López,11,1990-01-01,7574"]
+
+
+@pytest.mark.parametrize("drawn", [False, True], ids=["open_round", "drawn_round"])
+def test_a_restart_with_another_agency_count_refuses_to_start(start_server, peers, tmp_path, drawn) -> None:
+    storage = tmp_path / "round"
+    server = start_server(agencies=1, storage=storage)
+    peer = peers(server.port)
+    peer.send(batch(1, 1, [bet("21", "7574")]))
+    assert peer.recv() == protocol.Ack(1, 1)
+    if drawn:
+        peer.send(protocol.Fin(1, 1))
+        assert peer.recv() == protocol.FinAck(1)
+        server.wait_log(r"action: sorteo \| result: success")
+    assert server.stop() == 0
+    files = {name: (storage / name).read_bytes() for name in ("bets.csv", "journal.log")}
+
+    refused = run_server(storage, AGENCIES=2)
+    assert refused.returncode == 1
+    failures = [line for line in refused.stdout.splitlines() if "result: fail" in line]
+    assert len(failures) == 1, refused.stdout
+    assert (f"action: storage_round | result: fail | storage: {storage} | round_agencies: 1 | agencies: 2"
+            in failures[0])
+    assert "make docker-compose-reset" in failures[0]
+    assert {name: (storage / name).read_bytes() for name in files} == files
+
+    server = start_server(agencies=1, storage=storage)  # the round's own count still starts
+    assert ("draw: done" if drawn else "draw: pending") in server.log()
+    fresh = start_server(agencies=2, storage=tmp_path / "new-round")  # a new round on an empty storage
+    assert "agencies: 2" in fresh.log()
+
+
+# --- answers in request order ----------------------------------------------------------------
+
+
+def test_pipelined_valid_and_invalid_frames_are_answered_in_order(start_server, peers) -> None:
+    server = start_server(agencies=2)
+    peer = peers(server.port)
+    peer.send_raw(b"".join([
+        protocol.encode(batch(1, 1, [bet("31")])),
+        protocol.encode(protocol.Bet(1, 2, 1, b"Ana,Lopez,3x,1990-01-01,1\n")),  # invalid document
+        protocol.encode(batch(3, 1, [bet("33")])),  # agency 3 of 2
+        bytes.fromhex("01ee00000002abcd"),  # unknown type
+        protocol.encode(batch(1, 2, [bet("32", "7574")])),
+        protocol.encode(protocol.WinnersQuery(0)),  # malformed
+        protocol.encode(protocol.Echo(b"in order")),
+        protocol.encode(protocol.Fin(1, 2)),
+    ]))
+    answers = [peer.recv() for _ in range(8)]
+    assert answers[0] == protocol.Ack(1, 1)
+    expect_error(answers[1], ErrorCode.INVALID_BET, seq=2)
+    expect_error(answers[2], ErrorCode.UNKNOWN_AGENCY, seq=1)
+    expect_error(answers[3], ErrorCode.UNKNOWN_TYPE)
+    assert answers[4] == protocol.Ack(1, 2)
+    expect_error(answers[5], ErrorCode.MALFORMED)
+    assert answers[6:] == [protocol.Echo(b"in order"), protocol.FinAck(1)]
+    assert rows(server.storage) == ["1,Ana,López,31,1990-01-01,1", "1,Ana,López,32,1990-01-01,7574"]
+    server.wait_log(r"apuesta_recibida \| result: fail \| cantidad: 1 \| agency: 3 \| seq: 1 \| code: UNKNOWN_AGENCY")
+
+
+# --- bounded restart -------------------------------------------------------------------------
+
+
+def test_a_restart_over_many_small_batches_is_bounded(start_server, tmp_path) -> None:
+    """60,000 one-bet batches: the journal is checkpointed as it grows, and a restart reads a
+    bounded journal. The benchmark measures 3,000,000 (tools/bench.py --restart-batches)."""
+    storage = tmp_path / "many"
+    agencies, per_agency, window = 4, 15_000, 1000
+    server = start_server(agencies=agencies, storage=storage)
+    peers = [Peer(server.port) for _ in range(agencies)]
+    for start in range(1, per_agency + 1, window):
+        seqs = range(start, min(start + window, per_agency + 1))
+        for agency, peer in enumerate(peers, start=1):
+            peer.send_raw(b"".join(protocol.encode(batch(agency, s, [bet(f"{agency}{s:06d}")])) for s in seqs))
+        for agency, peer in enumerate(peers, start=1):
+            for s in seqs:
+                assert peer.recv() == protocol.Ack(agency, s)
+    for peer in peers:
+        peer.close()
+    server.wait_log(r"action: checkpoint \| result: success", timeout=5)
+    server.kill()
+    journal = (storage / "journal.log").stat().st_size
+    assert journal < 2 << 20, f"journal of {journal} bytes: not checkpointed"
+
+    started = time.monotonic()
+    server = start_server(agencies=agencies, storage=storage)
+    assert time.monotonic() - started < 5  # measured in the benchmark; loose here
+    memory = [peak_rss_mib(pid) for pid in [server.proc.pid, *worker_pids(server.proc.pid)]]
+    assert max(memory) < 64, memory
+    peer = Peer(server.port)
+    peer.send(batch(2, per_agency, [bet(f"2{per_agency:06d}")]))  # the last batch, resent
+    assert peer.recv() == protocol.Ack(2, per_agency)
+    peer.send(batch(2, per_agency + 1, [bet("2999999")]))
+    assert peer.recv() == protocol.Ack(2, per_agency + 1)
+    peer.close()
+    documents = [row.split(",")[3] for row in rows(storage)]
+    assert len(documents) == len(set(documents)) == agencies * per_agency + 1
+
+
+# --- write errors and odd input --------------------------------------------------------------
+
+
+def test_a_failed_append_answers_internal_error_with_the_seq_and_stores_nothing(start_server, peers) -> None:
+    server = start_server(WORKERS=1)
+    worker = worker_pids(server.proc.pid)[0]
+    peer = peers(server.port)
+    first = [bet(f"{40000000 + n}", first="Ñandú" * 14) for n in range(40)]  # make bets.csv outgrow the log
+    peer.send(batch(1, 1, first))
+    assert peer.recv() == protocol.Ack(1, 1)
+    storage = server.storage
+    sizes = {name: (storage / name).stat().st_size for name in ("bets.csv", "journal.log")}
+    # Files may not grow past bets.csv's size + 10 bytes: the next append fails midway (EFBIG),
+    # as it would on a full disk.
+    resource.prlimit(worker, resource.RLIMIT_FSIZE, (sizes["bets.csv"] + 10, resource.RLIM_INFINITY))
+    second = batch(1, 2, [bet("41"), bet("42", "7574")])
+    peer.send(second)
+    expect_error(peer.recv(), ErrorCode.INTERNAL_ERROR, seq=2)
+    assert peer.closed_by_server()
+    assert {name: (storage / name).stat().st_size for name in sizes} == sizes  # nothing half-stored
+    resource.prlimit(worker, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    again = peers(server.port)
+    again.send(second)  # the room is back: the same central stores it
+    assert again.recv() == protocol.Ack(1, 2)
+    assert [row.split(",")[3] for row in rows(storage)][-3:] == ["40000039", "41", "42"]
+    assert len(rows(storage)) == 42
+    assert worker_pids(server.proc.pid) == [worker]
+    server.wait_log(r"action: storage_write \| result: fail")
+
+
+def test_a_name_with_a_unicode_line_separator_is_stored_at_debug(start_server, peers) -> None:
+    server = start_server(WORKERS=1, LOGGING_LEVEL="DEBUG")
+    peer = peers(server.port)
+    peer.send(batch(1, 1, [bet("51", first="Ana\u2028María", last="Paz\u0085Ruiz"), bet("52", "7574")]))
+    assert peer.recv() == protocol.Ack(1, 1)
+    server.wait_log(r"apuesta_almacenada \| result: success \| dni: 52 \| numero: 7574")
+    assert "dni: 51 | numero: 1" in server.log()
+    assert rows(server.storage)[0].split(",")[1] == "Ana\u2028María"
+    assert "worker_exit" not in server.log()
