@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nc_test.sh — health check of the running lottery server (owns nc_test.sh).
 #
-# Sends ONE protocol ECHO frame (docs/protocol.md: 01 01 <u32 length> <payload>) to the server
+# Sends ONE protocol ECHO frame (docs/protocol.md: 02 01 <u32 length> <payload>) to the server
 # from a throwaway container on the server's own Docker network, using netcat: no netcat on the
 # host and no published port needed. Prints exactly one line on stdout and exits 0 or 1:
 #     action: test_echo_server | result: success
@@ -73,9 +73,9 @@ case $network in
 esac
 
 # The header as octal escapes for printf (busybox printf may not know \x):
-# version 1, type ECHO (1), payload length as a big-endian u32.
+# version 2, type ECHO (1), payload length as a big-endian u32.
 length=${#PAYLOAD}
-header=$(printf '\\%03o\\%03o\\%03o\\%03o\\%03o\\%03o' 1 1 \
+header=$(printf '\\%03o\\%03o\\%03o\\%03o\\%03o\\%03o' 2 1 \
     $(( (length >> 24) & 255 )) $(( (length >> 16) & 255 )) $(( (length >> 8) & 255 )) $(( length & 255 )))
 expected_bytes=$((6 + length))
 

@@ -5,6 +5,7 @@ Every wait here has a timeout; a test that would hang fails instead.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import signal
@@ -252,15 +253,73 @@ def launch(client_binary, tmp_path: Path) -> Iterator:
             client.proc.wait(timeout=10)
 
 
+Row = tuple[str, str, str, str, str]  # first_name, last_name, document, birthdate, number
+
+
+def csv_rows(storage: Path) -> list[list[str]]:
+    """The rows of bets.csv (`agency,first_name,last_name,document,birthdate,number`), read with
+    the csv module: bets.csv is RFC 4180, and a name may hold commas and double quotes."""
+    with open(storage / "bets.csv", encoding="utf-8", newline="") as bets:
+        return list(csv.reader(bets))
+
+
 def stored_documents(storage: Path) -> list[str]:
     """The document of every row of bets.csv, in order."""
-    return [line.split(",")[3] for line in (storage / "bets.csv").read_text(encoding="utf-8").split("\n")[:-1]]
+    return [row[3] for row in csv_rows(storage)]
+
+
+def row(agency: int, values: Row) -> list[str]:
+    """The bets.csv row (as csv.reader reads it) of one bet of `agency`."""
+    return [str(agency), *values]
 
 
 def bet(document: str, number: str = "1", first: str = "Ana", last: str = "López",
-        birthdate: str = "1990-01-01") -> tuple[str, str, str, str, str]:
+        birthdate: str = "1990-01-01") -> Row:
     return (first, last, document, birthdate, number)
 
 
-def batch(agency: int, seq: int, bets: list[tuple[str, str, str, str, str]]) -> protocol.Bet:
-    return protocol.Bet(agency, seq, len(bets), protocol.bet_lines(bets))
+def chain_of(bets: list[Row], previous: int = 0) -> int:
+    """The chain (protocol.md) of `bets`, continued from the chain of the bets before them."""
+    return protocol.chain(protocol.bet_lines(bets), previous)
+
+
+def batch(agency: int, first: int, bets: list[Row], chain: int = 0) -> protocol.Bet:
+    """A hand-made batch at an explicit position with an explicit chain, for refusals (a gap, a
+    wrong chain, an unknown agency). Batches that continue an agency's bets: `AgencyBets`."""
+    return protocol.Bet(agency, first, len(bets), chain, protocol.bet_lines(bets))
+
+
+class AgencyBets:
+    """One agency's bets as a version 2 agency numbers them: each `batch` holds the positions after
+    the previous batch's and carries the chain of every bet before it; `fin` announces them all.
+
+    `stored` and `chain` are the last position numbered so far and the chain of bets 1..stored:
+    what the central stores once every batch made so far is acknowledged, and what RESUME then
+    says. Start from a RESUME with `AgencyBets(agency, stored, chain)`."""
+
+    def __init__(self, agency: int, stored: int = 0, chain: int = 0) -> None:
+        self.agency = agency
+        self._stored = stored
+        self._chain = chain
+        self.batches: list[protocol.Bet] = []  # every batch made, in position order
+
+    @property
+    def stored(self) -> int:
+        return self._stored
+
+    @property
+    def chain(self) -> int:
+        return self._chain
+
+    def batch(self, bets: list[Row]) -> protocol.Bet:
+        made = batch(self.agency, self._stored + 1, bets, self._chain)
+        self._stored, self._chain = made.last, made.chain_after
+        self.batches.append(made)
+        return made
+
+    def fin(self) -> protocol.Fin:
+        return protocol.Fin(self.agency, self._stored, self._chain)
+
+    def resume(self, finished: bool = False) -> protocol.Resume:
+        """The RESUME the central answers once every batch made so far is stored."""
+        return protocol.Resume(self.agency, self._stored, self._chain, finished)

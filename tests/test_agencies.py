@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import signal
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, DEFAULT_WINNERS, Peer, batch, bet, stored_documents, wait_until
+from conftest import DATA, DEFAULT_WINNERS, Peer, bet, stored_documents, wait_until
 from lottery import protocol
 
 def data_rows(path: Path) -> int:
@@ -43,7 +44,7 @@ def test_invalid_rows_are_reported_by_line_and_skipped(start_server, launch, tmp
         "Ana,López,1001,1990-01-01,7574\r\n"
         "Bea,Díaz,1002,1990-02-30,5\r\n"  # line 2: no such date
         "Cid,Paz,1003,1990-01-01\r\n"  # line 3: a field missing
-        "Dora,\"Quoted\",1004,1990-01-01,5\r\n"  # line 4: quotes are not allowed
+        "Dora,\"Quo\"ted,1004,1990-01-01,5\r\n"  # line 4: a quote inside a quoted field, not doubled
         "Eva,Ruiz,10a5,1990-01-01,5\n"  # line 5: document not numeric
         "Fede,Sosa,1006,1990-01-01,7574\n".encode()
     )
@@ -172,11 +173,11 @@ def test_bad_input_from_a_raw_socket_does_not_harm_running_agencies(start_server
         bytes.fromhex("0101ffffffff"),
         bytes.fromhex("02ff00000000"),
         bytes.fromhex("01ee0000000a") + b"0123456789",
-        protocol.encode(protocol.Bet(1, 1, 1, b"Mal,Formed,x,1990-01-01,1\n")),
-        protocol.encode(batch(1, 999_999, [bet("1")])),
-        protocol.encode(protocol.Fin(2, 1)),
-        protocol.encode(protocol.Fin(77, 0)),
-        protocol.encode(batch(3, 1, [bet("1")]))[:20],  # then hang up mid-frame
+        protocol.encode(protocol.Bet(1, 1, 1, 0, b"Mal,Formed,x,1990-01-01,1\n")),
+        protocol.encode(protocol.Bet(1, 999_999, 1, 0, protocol.bet_lines([bet("1")]))),
+        protocol.encode(protocol.Fin(2, 1, 0)),
+        protocol.encode(protocol.Fin(77, 0, 0)),
+        protocol.encode(protocol.Bet(3, 1, 1, 0, protocol.bet_lines([bet("1")])))[:20],  # then hang up mid-frame
     ]
     for raw in attacks:
         peer = Peer(server.port)
@@ -203,3 +204,65 @@ def test_per_bet_lines_appear_only_at_debug(start_server, launch, tmp_path) -> N
     stored = re.findall(r"DEBUG action: apuesta_almacenada \| result: success \| dni: (\d+) \| numero: (\d+)",
                         server.log())
     assert stored == sent
+
+
+def stored_rows(storage: Path) -> list[list[str]]:
+    with open(storage / "bets.csv", encoding="utf-8", newline="") as bets:
+        return list(csv.reader(bets))
+
+
+def test_names_with_commas_and_quotes_travel_field_for_field(start_server, launch, tmp_path) -> None:
+    rows = [
+        ["Pérez, Juan", "Gómez", "3001", "1985-06-01", "7574"],
+        ['Ana "la Tana"', "O'Neill", "3002", "1990-01-01", "12"],
+        ["José; María", "D'Alessandro", "3003", "1970-12-31", "99"],
+        ["Ñ" * 49 + ",", '"' + "x" * 99, "3004", "2000-02-29", "7574"],  # 100 bytes each, quoted
+        ["Plain", "Name", "3005", "1999-03-17", "1"],
+    ]
+    data = tmp_path / "names.csv"
+    with open(data, "w", encoding="utf-8", newline="") as out:
+        csv.writer(out, lineterminator="\r\n").writerows(rows)
+    server = start_server()
+    client = launch(1, server.port, data, CLI_BATCH_MAXAMOUNT=2)
+    assert client.wait() == 0, client.log()
+    assert client.winners() == 2
+    assert "leer_apuesta" not in client.log()
+    assert stored_rows(server.storage) == [["1", *row] for row in rows]  # read back with csv.reader
+    winners = (server.storage / "winners.csv").read_text().splitlines()
+    assert winners == ["1,3001", "1,3004"]
+
+
+@pytest.mark.parametrize("restart_batch", [7, 50], ids=["same_batch_size", "another_batch_size"])
+def test_an_agency_killed_mid_run_and_restarted_stores_every_bet_once(start_server, launch, restart_batch) -> None:
+    server = start_server(agencies=2)
+    first = launch(1, server.port, DATA / "agency-1.csv", CLI_BATCH_MAXAMOUNT=7, CLI_BATCH_WINDOW=2)
+    other = launch(2, server.port, DATA / "agency-2.csv", CLI_BATCH_MAXAMOUNT=30)
+    server.wait_log(r"apuesta_recibida \| result: success \| cantidad: \d+ \| agency: 1 ", count=100)
+    first.proc.kill()  # SIGKILL: batches in flight, perhaps stored, never acknowledged to it
+    first.proc.wait(timeout=10)
+    again = launch(1, server.port, DATA / "agency-1.csv", CLI_BATCH_MAXAMOUNT=restart_batch)
+    for client in (again, other):
+        assert client.wait() == 0, client.log()[-2000:]
+        assert client.winners() == DEFAULT_WINNERS[client.agency]
+    assert re.search(r"action: verificar_apuestas \| result: success \| stored: \d+", again.log())
+    expected = {agency: data_rows(DATA / f"agency-{agency}.csv") for agency in (1, 2)}
+    rows = stored_rows(server.storage)
+    for agency in (1, 2):
+        documents = [row[3] for row in rows if row[0] == str(agency)]
+        assert len(documents) == len(set(documents)) == expected[agency]
+
+
+def test_an_agency_whose_file_changed_is_stopped_before_sending(start_server, launch, tmp_path) -> None:
+    data = tmp_path / "changing.csv"
+    data.write_text("".join(f"Ana,Paz,{4000 + i},1990-01-01,{i}\n" for i in range(50)), encoding="utf-8")
+    server = start_server(agencies=2)
+    client = launch(1, server.port, data, CLI_BATCH_MAXAMOUNT=10)
+    server.wait_log(r"consulta_ganadores \| result: in_progress \| agency: 1")
+    client.proc.send_signal(signal.SIGTERM)
+    assert client.wait(timeout=10) == 0
+    data.write_text("".join(f"Ana,Paz,{4000 + i},1990-01-01,{i + 1}\n" for i in range(50)), encoding="utf-8")
+    again = launch(1, server.port, data)
+    assert again.wait(timeout=30) == 1
+    assert re.search(r"action: verificar_apuestas \| result: fail \| stored: 50 \| chain: [0-9a-f]{8} \| file_chain: "
+                     r"[0-9a-f]{8}", again.log()), again.log()
+    assert len(stored_rows(server.storage)) == 50

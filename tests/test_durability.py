@@ -16,6 +16,7 @@ exactly once and that the winners (number 7574) are exact.
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import re
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from conftest import DATA, DEFAULT_WINNERS, Peer, batch, bet, wait_until, worker_pids
+from conftest import DATA, DEFAULT_WINNERS, AgencyBets, Peer, bet, csv_rows, row, wait_until, worker_pids
 from lottery import protocol
 from lottery.protocol import ErrorCode
 
@@ -158,18 +159,17 @@ def only_worker(server) -> int:
     return pids[0]
 
 
-def stored_rows(storage: Path) -> list[str]:
-    return (storage / "bets.csv").read_text(encoding="utf-8").splitlines()
-
-
-def csv_row(agency: int, b: tuple[str, str, str, str, str]) -> str:
-    return ",".join((str(agency), *b))
+def stored_rows(storage: Path) -> list[list[str]]:
+    return csv_rows(storage)
 
 
 def assert_stored_exactly(storage: Path, acknowledged: dict[int, list[tuple[str, str, str, str, str]]]) -> None:
-    """bets.csv holds every acknowledged bet exactly once, and nothing else."""
-    expected = [csv_row(agency, b) for agency, bets in acknowledged.items() for b in bets]
-    assert sorted(stored_rows(storage)) == sorted(expected)
+    """bets.csv holds every acknowledged bet exactly once, each agency's in position order, and
+    nothing else."""
+    rows = stored_rows(storage)
+    for agency, bets in acknowledged.items():
+        assert [r for r in rows if r[0] == str(agency)] == [row(agency, b) for b in bets]
+    assert len(rows) == sum(len(bets) for bets in acknowledged.values())
 
 
 # --- tests ---------------------------------------------------------------------------------------
@@ -178,22 +178,23 @@ def assert_stored_exactly(storage: Path, acknowledged: dict[int, list[tuple[str,
 def test_a_worker_killed_between_the_last_fin_and_its_sync_still_gets_the_draw(start_server, peers,
                                                                                tmp_path) -> None:
     server = start_server(agencies=2, WORKERS=1)
-    bets = {1: [bet("101", "7574"), bet("102", "5")], 2: [bet("201", "7574"), bet("202", "7575")]}
+    bets = {1: [bet("101", "7574"), bet("102", "5")], 2: [bet("201", "7574"), bet("202", "7575", last="Paz, Ruiz")]}
+    senders = {1: AgencyBets(1), 2: AgencyBets(2)}
     one = peers(server.port)
-    one.send(batch(1, 1, bets[1]))
-    assert one.recv() == protocol.Ack(1, 1)
-    one.send(protocol.Fin(1, 1))
+    one.send(senders[1].batch(bets[1]))
+    assert one.recv() == protocol.Ack(1, 2)
+    one.send(senders[1].fin())
     assert one.recv() == protocol.FinAck(1)
     one.send(protocol.WinnersQuery(1))
     server.wait_log(r"consulta_ganadores \| result: in_progress \| agency: 1")
     two = peers(server.port)
-    two.send(batch(2, 1, bets[2]))
-    assert two.recv() == protocol.Ack(2, 1)
+    two.send(senders[2].batch(bets[2]))
+    assert two.recv() == protocol.Ack(2, 2)
 
     # The last FIN is appended to the journal, then the worker dies at its first fdatasync:
     # no sync, no nudge to the supervisor, no answer.
     with kill_at_first_fdatasync(only_worker(server), tmp_path / "kill.trace"):
-        two.send(protocol.Fin(2, 1))
+        two.send(senders[2].fin())
         expect_no_answer(two)
     server.wait_log(r"worker_exit \| result: fail .*killed by SIGKILL")
     expect_no_answer(one)  # the held query died with the worker
@@ -202,8 +203,10 @@ def test_a_worker_killed_between_the_last_fin_and_its_sync_still_gets_the_draw(s
     server.wait_log(r"action: sorteo \| result: success", timeout=5)
 
     one, two = peers(server.port), peers(server.port)
-    two.send(protocol.Fin(2, 1))
-    expect_error(two.recv(), ErrorCode.DUPLICATE_FIN)  # the FIN is in the journal
+    two.send(protocol.Hello(2))
+    assert two.recv() == senders[2].resume(finished=True)  # the FIN is in the journal
+    two.send(senders[2].fin())
+    expect_error(two.recv(), ErrorCode.DUPLICATE_FIN)
     two.send(protocol.WinnersQuery(2))
     assert two.recv() == protocol.Winners(2, True, ("201",))
     one.send(protocol.WinnersQuery(1))
@@ -216,27 +219,32 @@ def test_a_worker_killed_between_the_last_fin_and_its_sync_still_gets_the_draw(s
 def test_duplicate_fin_is_answered_only_after_a_sync(start_server, peers, tmp_path) -> None:
     server = start_server(agencies=2, WORKERS=1)  # agency 2 never finishes here: no draw yet
     bets = [bet("301", "7574"), bet("302", "12")]
+    agency = AgencyBets(1)
     peer = peers(server.port)
-    peer.send(batch(1, 1, bets))
-    assert peer.recv() == protocol.Ack(1, 1)
-    peer.send(protocol.Fin(1, 1))
+    peer.send(agency.batch(bets))
+    assert peer.recv() == protocol.Ack(1, 2)
+    peer.send(agency.fin())
     assert peer.recv() == protocol.FinAck(1)
 
     worker = only_worker(server)
     trace = tmp_path / "answers.trace"
-    resent, fin = protocol.encode(batch(1, 1, bets)), protocol.encode(protocol.Fin(1, 1))
+    resent, fin = protocol.encode(agency.batches[-1]), protocol.encode(agency.fin())
+    hello = protocol.encode(protocol.Hello(1))
     with strace(worker, trace, "-xx", "-s", "65536", "-e", "trace=fdatasync,sendto,recvfrom"):
         peer.send_raw(resent)  # already stored: the duplicate ACK must state a durable fact too
-        assert peer.recv() == protocol.Ack(1, 1)
+        assert peer.recv() == protocol.Ack(1, 2)
         peer.send_raw(fin)
         expect_error(peer.recv(), ErrorCode.DUPLICATE_FIN)
+        peer.send_raw(hello)  # RESUME states durable facts too
+        assert peer.recv() == agency.resume(finished=True)
     calls = read_trace(trace)
-    assert_synced_between(calls, worker, resent, lambda m: m == protocol.Ack(1, 1))
+    assert_synced_between(calls, worker, resent, lambda m: m == protocol.Ack(1, 2))
     assert_synced_between(calls, worker, fin,
                           lambda m: isinstance(m, protocol.Error) and m.code is ErrorCode.DUPLICATE_FIN)
+    assert_synced_between(calls, worker, hello, lambda m: m == agency.resume(finished=True))
 
     other = peers(server.port)
-    other.send(protocol.Fin(2, 0))
+    other.send(protocol.Fin(2, 0, 0))
     assert other.recv() == protocol.FinAck(2)
     peer.send(protocol.WinnersQuery(1))
     assert peer.recv() == protocol.Winners(1, True, ("301",))
@@ -248,20 +256,21 @@ def test_an_fdatasync_error_after_a_fin_stops_the_central_and_the_restart_draws(
     storage = tmp_path / "eio"
     server = start_server(agencies=2, storage=storage, WORKERS=1)
     port = server.port
-    bets = {1: [bet("401", "7574"), bet("402", "1")], 2: [bet("501", "3"), bet("502", "7574")]}
+    bets = {1: [bet("401", "7574"), bet("402", "1")], 2: [bet("501", "3"), bet("502", "7574", first='"Tana"')]}
+    senders = {1: AgencyBets(1), 2: AgencyBets(2)}
     one = peers(port)
-    one.send(batch(1, 1, bets[1]))
-    assert one.recv() == protocol.Ack(1, 1)
-    one.send(protocol.Fin(1, 1))
+    one.send(senders[1].batch(bets[1]))
+    assert one.recv() == protocol.Ack(1, 2)
+    one.send(senders[1].fin())
     assert one.recv() == protocol.FinAck(1)
     one.send(protocol.WinnersQuery(1))
     server.wait_log(r"consulta_ganadores \| result: in_progress \| agency: 1")
     two = peers(port)
-    two.send(batch(2, 1, bets[2]))
-    assert two.recv() == protocol.Ack(2, 1)
+    two.send(senders[2].batch(bets[2]))
+    assert two.recv() == protocol.Ack(2, 2)
 
     with fail_first_fdatasync(only_worker(server), tmp_path / "eio.trace"):
-        two.send(protocol.Fin(2, 1))
+        two.send(senders[2].fin())
         # Fail-stop: no FIN_ACK and no error frame; not even the held query hears anything.
         expect_no_answer(two)
         expect_no_answer(one)
@@ -274,7 +283,10 @@ def test_an_fdatasync_error_after_a_fin_stops_the_central_and_the_restart_draws(
     # The next start decides from the disk whether the FIN was kept; either way the round ends.
     server = start_server(agencies=2, storage=storage, port=port, WORKERS=1)
     one, two = peers(port), peers(port)
-    two.send(protocol.Fin(2, 1))
+    two.send(protocol.Hello(2))
+    told = two.recv()
+    assert isinstance(told, protocol.Resume) and (told.stored, told.chain) == (2, senders[2].chain), told
+    two.send(senders[2].fin())
     answer = two.recv()
     assert answer == protocol.FinAck(2) or (
         isinstance(answer, protocol.Error) and answer.code is ErrorCode.DUPLICATE_FIN), answer
@@ -290,9 +302,9 @@ def test_an_fdatasync_error_after_a_fin_stops_the_central_and_the_restart_draws(
 # --- with real agencies ----------------------------------------------------------------------------
 
 
-def data_rows(agency: int) -> list[str]:
-    lines = (DATA / f"agency-{agency}.csv").read_text(encoding="utf-8").splitlines()
-    return [f"{agency},{line.strip()}" for line in lines if line.strip()]
+def data_rows(agency: int) -> list[list[str]]:
+    with open(DATA / f"agency-{agency}.csv", encoding="utf-8", newline="") as data:
+        return [[str(agency), *fields] for fields in csv.reader(data) if fields]
 
 
 def test_an_fdatasync_error_after_a_batch_is_never_acknowledged(start_server, launch, tmp_path) -> None:
@@ -317,12 +329,12 @@ def test_an_fdatasync_error_after_a_batch_is_never_acknowledged(start_server, la
         assert client.proc.wait(timeout=120) == 0, client.log()[-2000:]
         assert client.winners() == DEFAULT_WINNERS[client.agency]
     rows = stored_rows(storage)
-    documents = [row.split(",")[3] for row in rows]
+    documents = [r[3] for r in rows]
     assert len(rows) == 32_000 and len(set(documents)) == 32_000
-    assert sorted(rows) == sorted(data_rows(1) + data_rows(2))
+    for agency in (1, 2):  # each agency's bets once, in its file's order
+        assert [r for r in rows if r[0] == str(agency)] == data_rows(agency)
     server.wait_log(r"action: sorteo \| result: success")
     winners = (storage / "winners.csv").read_text().splitlines()
     assert len(winners) == DEFAULT_WINNERS[1] + DEFAULT_WINNERS[2]
-    assert sorted(winners) == sorted(f"{row.split(',')[0]},{row.split(',')[3]}"
-                                     for row in rows if row.rsplit(",", 1)[1] == "7574")
+    assert sorted(winners) == sorted(f"{r[0]},{r[3]}" for r in rows if r[5] == "7574")
     assert server.stop() == 0

@@ -19,22 +19,24 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, DEFAULT_WINNERS, SERVER_DIR, Peer, batch, bet, free_port, stored_documents, worker_pids
+from conftest import (DATA, DEFAULT_WINNERS, SERVER_DIR, AgencyBets, Peer, batch, bet, csv_rows, free_port, row,
+                      stored_documents, worker_pids)
 from lottery import protocol
 from lottery.protocol import ErrorCode
 
 
-def expect_error(message: protocol.Message, code: ErrorCode, seq: int | None = None) -> protocol.Error:
+def expect_error(message: protocol.Message, code: ErrorCode, position: int | None = None) -> protocol.Error:
     assert isinstance(message, protocol.Error), message
     assert message.code is code, message
-    if seq is not None:
-        assert message.seq == seq, message
+    if position is not None:
+        assert message.position == position, message
     return message
 
 
-def rows(storage: Path) -> list[str]:
-    # split on "\n" only: str.splitlines() would also split at U+2028, valid inside a name
-    return (storage / "bets.csv").read_text(encoding="utf-8").split("\n")[:-1]
+def rows(storage: Path) -> list[list[str]]:
+    # the csv module: names may hold commas and double quotes (quoted), and U+2028 (which
+    # str.splitlines() would split at)
+    return csv_rows(storage)
 
 
 def run_server(storage: Path, timeout: float = 20, **env: object) -> subprocess.CompletedProcess[str]:
@@ -136,19 +138,28 @@ def test_accept_out_of_descriptors_is_logged_and_survived(start_server, peers) -
 def test_after_the_draw_new_bets_and_fins_are_refused_and_resends_still_acknowledged(start_server, peers) -> None:
     server = start_server(agencies=1)
     peer = peers(server.port)
-    peer.send(batch(1, 1, [bet("11", "7574")]))
-    peer.send(protocol.Fin(1, 1))
+    agency = AgencyBets(1)
+    stored = agency.batch([bet("11", "7574")])
+    peer.send(stored)
+    peer.send(agency.fin())
     peer.send(protocol.WinnersQuery(1))
     assert [peer.recv(), peer.recv(), peer.recv()] == [protocol.Ack(1, 1), protocol.FinAck(1),
                                                         protocol.Winners(1, True, ("11",))]
-    peer.send(batch(1, 2, [bet("12", "7574")]))
-    expect_error(peer.recv(), ErrorCode.ROUND_CLOSED, seq=2)
-    peer.send(batch(1, 1, [bet("11", "7574")]))  # a resend states a stored fact: acknowledged
+    peer.send(agency.batch([bet("12", "7574")]))
+    expect_error(peer.recv(), ErrorCode.ROUND_CLOSED, position=2)
+    peer.send(batch(1, 5, [bet("15", "7574")], agency.chain))  # a gap is no new fact either
+    expect_error(peer.recv(), ErrorCode.ROUND_CLOSED, position=5)
+    peer.send(stored)  # a resend of the last stored batch states a stored fact: acknowledged
     assert peer.recv() == protocol.Ack(1, 1)
-    peer.send(protocol.Fin(1, 1))
+    peer.send(protocol.Fin(1, 1, stored.chain_after))
     expect_error(peer.recv(), ErrorCode.DUPLICATE_FIN)
+    peer.send(protocol.Fin(1, 2, agency.chain))  # another FIN: a new fact, refused
+    expect_error(peer.recv(), ErrorCode.ROUND_CLOSED)
+    other = peers(server.port)  # RESUME after the draw: everything stored, the FIN recorded
+    other.send(protocol.Hello(1))
+    assert other.recv() == protocol.Resume(1, 1, stored.chain_after, True)
     server.wait_log(r"apuesta_recibida \| result: fail \| cantidad: 1 \| agency: 1 \| seq: 2 \| code: ROUND_CLOSED")
-    assert rows(server.storage) == ["1,Ana,López,11,1990-01-01,7574"]
+    assert rows(server.storage) == [row(1, bet("11", "7574"))]
 
 
 @pytest.mark.parametrize("drawn", [False, True], ids=["open_round", "drawn_round"])
@@ -156,10 +167,11 @@ def test_a_restart_with_another_agency_count_refuses_to_start(start_server, peer
     storage = tmp_path / "round"
     server = start_server(agencies=1, storage=storage)
     peer = peers(server.port)
-    peer.send(batch(1, 1, [bet("21", "7574")]))
+    agency = AgencyBets(1)
+    peer.send(agency.batch([bet("21", "7574")]))
     assert peer.recv() == protocol.Ack(1, 1)
     if drawn:
-        peer.send(protocol.Fin(1, 1))
+        peer.send(agency.fin())
         assert peer.recv() == protocol.FinAck(1)
         server.wait_log(r"action: sorteo \| result: success")
     assert server.stop() == 0
@@ -186,25 +198,34 @@ def test_a_restart_with_another_agency_count_refuses_to_start(start_server, peer
 def test_pipelined_valid_and_invalid_frames_are_answered_in_order(start_server, peers) -> None:
     server = start_server(agencies=2)
     peer = peers(server.port)
+    agency = AgencyBets(1)
+    first = agency.batch([bet("31")])
     peer.send_raw(b"".join([
-        protocol.encode(batch(1, 1, [bet("31")])),
-        protocol.encode(protocol.Bet(1, 2, 1, b"Ana,Lopez,3x,1990-01-01,1\n")),  # invalid document
+        protocol.encode(protocol.Hello(1)),
+        protocol.encode(first),
+        protocol.encode(protocol.Bet(1, 2, 1, agency.chain, b"Ana,Lopez,3x,1990-01-01,1\n")),  # invalid document
         protocol.encode(batch(3, 1, [bet("33")])),  # agency 3 of 2
-        bytes.fromhex("01ee00000002abcd"),  # unknown type
-        protocol.encode(batch(1, 2, [bet("32", "7574")])),
+        bytes.fromhex("02ee00000002abcd"),  # unknown type
+        protocol.encode(batch(1, 2, [bet("34")], agency.chain ^ 1)),  # another chain
+        protocol.encode(agency.batch([bet("32", "7574", first="Paz, Ana")])),
         protocol.encode(protocol.WinnersQuery(0)),  # malformed
+        protocol.encode(protocol.Hello(1)),
+        protocol.encode(first),  # no longer the last stored batch
         protocol.encode(protocol.Echo(b"in order")),
-        protocol.encode(protocol.Fin(1, 2)),
+        protocol.encode(agency.fin()),
     ]))
-    answers = [peer.recv() for _ in range(8)]
-    assert answers[0] == protocol.Ack(1, 1)
-    expect_error(answers[1], ErrorCode.INVALID_BET, seq=2)
-    expect_error(answers[2], ErrorCode.UNKNOWN_AGENCY, seq=1)
-    expect_error(answers[3], ErrorCode.UNKNOWN_TYPE)
-    assert answers[4] == protocol.Ack(1, 2)
-    expect_error(answers[5], ErrorCode.MALFORMED)
-    assert answers[6:] == [protocol.Echo(b"in order"), protocol.FinAck(1)]
-    assert rows(server.storage) == ["1,Ana,López,31,1990-01-01,1", "1,Ana,López,32,1990-01-01,7574"]
+    answers = [peer.recv() for _ in range(12)]
+    assert answers[:2] == [protocol.Resume(1, 0, 0, False), protocol.Ack(1, 1)]
+    expect_error(answers[2], ErrorCode.INVALID_BET, position=2)
+    expect_error(answers[3], ErrorCode.UNKNOWN_AGENCY, position=1)
+    expect_error(answers[4], ErrorCode.UNKNOWN_TYPE)
+    expect_error(answers[5], ErrorCode.BETS_MISMATCH, position=2)
+    assert answers[6] == protocol.Ack(1, 2)
+    expect_error(answers[7], ErrorCode.MALFORMED)
+    assert answers[8] == agency.resume()
+    expect_error(answers[9], ErrorCode.BETS_MISMATCH, position=1)
+    assert answers[10:] == [protocol.Echo(b"in order"), protocol.FinAck(1)]
+    assert rows(server.storage) == [row(1, bet("31")), row(1, bet("32", "7574", first="Paz, Ana"))]
     server.wait_log(r"apuesta_recibida \| result: fail \| cantidad: 1 \| agency: 3 \| seq: 1 \| code: UNKNOWN_AGENCY")
 
 
@@ -218,12 +239,14 @@ def test_a_restart_over_many_small_batches_is_bounded(start_server, tmp_path) ->
     agencies, per_agency, window = 4, 15_000, 1000
     server = start_server(agencies=agencies, storage=storage)
     peers = [Peer(server.port) for _ in range(agencies)]
+    senders = {agency: AgencyBets(agency) for agency in range(1, agencies + 1)}
     for start in range(1, per_agency + 1, window):
-        seqs = range(start, min(start + window, per_agency + 1))
+        positions = range(start, min(start + window, per_agency + 1))
         for agency, peer in enumerate(peers, start=1):
-            peer.send_raw(b"".join(protocol.encode(batch(agency, s, [bet(f"{agency}{s:06d}")])) for s in seqs))
+            peer.send_raw(b"".join(protocol.encode(senders[agency].batch([bet(f"{agency}{s:06d}")]))
+                                   for s in positions))
         for agency, peer in enumerate(peers, start=1):
-            for s in seqs:
+            for s in positions:
                 assert peer.recv() == protocol.Ack(agency, s)
     for peer in peers:
         peer.close()
@@ -238,40 +261,47 @@ def test_a_restart_over_many_small_batches_is_bounded(start_server, tmp_path) ->
     memory = [peak_rss_mib(pid) for pid in [server.proc.pid, *worker_pids(server.proc.pid)]]
     assert max(memory) < 64, memory
     peer = Peer(server.port)
-    peer.send(batch(2, per_agency, [bet(f"2{per_agency:06d}")]))  # the last batch, resent
+    peer.send(protocol.Hello(2))
+    assert peer.recv() == senders[2].resume()  # the checkpoint kept the count and the chain
+    peer.send(senders[2].batches[-1])  # the last batch, resent: the checkpoint kept its first too
     assert peer.recv() == protocol.Ack(2, per_agency)
-    peer.send(batch(2, per_agency + 1, [bet("2999999")]))
+    peer.send(senders[2].batches[-2])  # an older one is not a resend
+    expect_error(peer.recv(), ErrorCode.BETS_MISMATCH, position=per_agency - 1)
+    peer.send(senders[2].batch([bet("2999999")]))
     assert peer.recv() == protocol.Ack(2, per_agency + 1)
     peer.close()
-    documents = [row.split(",")[3] for row in rows(storage)]
+    documents = [r[3] for r in rows(storage)]
     assert len(documents) == len(set(documents)) == agencies * per_agency + 1
 
 
 # --- write errors and odd input --------------------------------------------------------------
 
 
-def test_a_failed_append_answers_internal_error_with_the_seq_and_stores_nothing(start_server, peers) -> None:
+def test_a_failed_append_answers_internal_error_with_the_position_and_stores_nothing(start_server, peers) -> None:
     server = start_server(WORKERS=1)
     worker = worker_pids(server.proc.pid)[0]
     peer = peers(server.port)
+    agency = AgencyBets(1)
     first = [bet(f"{40000000 + n}", first="Ñandú" * 14) for n in range(40)]  # make bets.csv outgrow the log
-    peer.send(batch(1, 1, first))
-    assert peer.recv() == protocol.Ack(1, 1)
+    peer.send(agency.batch(first))
+    assert peer.recv() == protocol.Ack(1, 40)
     storage = server.storage
     sizes = {name: (storage / name).stat().st_size for name in ("bets.csv", "journal.log")}
     # Files may not grow past bets.csv's size + 10 bytes: the next append fails midway (EFBIG),
     # as it would on a full disk.
     resource.prlimit(worker, resource.RLIMIT_FSIZE, (sizes["bets.csv"] + 10, resource.RLIM_INFINITY))
-    second = batch(1, 2, [bet("41"), bet("42", "7574")])
+    second = agency.batch([bet("41"), bet("42", "7574")])
     peer.send(second)
-    expect_error(peer.recv(), ErrorCode.INTERNAL_ERROR, seq=2)
+    expect_error(peer.recv(), ErrorCode.INTERNAL_ERROR, position=41)
     assert peer.closed_by_server()
     assert {name: (storage / name).stat().st_size for name in sizes} == sizes  # nothing half-stored
     resource.prlimit(worker, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     again = peers(server.port)
+    again.send(protocol.Hello(1))
+    assert again.recv() == protocol.Resume(1, 40, second.chain, False)  # nothing of it is stored
     again.send(second)  # the room is back: the same central stores it
-    assert again.recv() == protocol.Ack(1, 2)
-    assert [row.split(",")[3] for row in rows(storage)][-3:] == ["40000039", "41", "42"]
+    assert again.recv() == protocol.Ack(1, 42)
+    assert [r[3] for r in rows(storage)][-3:] == ["40000039", "41", "42"]
     assert len(rows(storage)) == 42
     assert worker_pids(server.proc.pid) == [worker]
     server.wait_log(r"action: storage_write \| result: fail")
@@ -280,9 +310,10 @@ def test_a_failed_append_answers_internal_error_with_the_seq_and_stores_nothing(
 def test_a_name_with_a_unicode_line_separator_is_stored_at_debug(start_server, peers) -> None:
     server = start_server(WORKERS=1, LOGGING_LEVEL="DEBUG")
     peer = peers(server.port)
-    peer.send(batch(1, 1, [bet("51", first="Ana\u2028María", last="Paz\u0085Ruiz"), bet("52", "7574")]))
-    assert peer.recv() == protocol.Ack(1, 1)
+    # U+2028 and U+2029 are valid in a name (U+0085, a C1 control character, is not).
+    peer.send(AgencyBets(1).batch([bet("51", first="Ana\u2028María", last="Paz\u2029Ruiz, Soto"), bet("52", "7574")]))
+    assert peer.recv() == protocol.Ack(1, 2)
     server.wait_log(r"apuesta_almacenada \| result: success \| dni: 52 \| numero: 7574")
     assert "dni: 51 | numero: 1" in server.log()
-    assert rows(server.storage)[0].split(",")[1] == "Ana\u2028María"
+    assert rows(server.storage)[0][1:3] == ["Ana\u2028María", "Paz\u2029Ruiz, Soto"]
     assert "worker_exit" not in server.log()

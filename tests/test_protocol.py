@@ -1,9 +1,11 @@
-"""The Python protocol module against the shared byte-exact vectors, plus random-frame fuzzing."""
+"""The Python protocol module against the shared byte-exact vectors (version 2), plus random-frame fuzzing."""
 
 from __future__ import annotations
 
+import csv
 import json
 import random
+import zlib
 
 import pytest
 
@@ -19,11 +21,15 @@ def message_from_fields(kind: str, fields: dict) -> protocol.Message:
         return protocol.Echo(bytes.fromhex(fields["payload_hex"]))
     if kind == "BET":
         bets = [tuple(b) for b in fields["bets"]]
-        return protocol.Bet(fields["agency"], fields["seq"], len(bets), protocol.bet_lines(bets))
+        return protocol.Bet(fields["agency"], fields["first"], len(bets), fields["chain"], protocol.bet_lines(bets))
     if kind == "ACK":
-        return protocol.Ack(fields["agency"], fields["seq"])
+        return protocol.Ack(fields["agency"], fields["stored"])
     if kind == "FIN":
-        return protocol.Fin(fields["agency"], fields["batches"])
+        return protocol.Fin(fields["agency"], fields["bets"], fields["chain"])
+    if kind == "HELLO":
+        return protocol.Hello(fields["agency"])
+    if kind == "RESUME":
+        return protocol.Resume(fields["agency"], fields["stored"], fields["chain"], fields["finished"])
     if kind == "FIN_ACK":
         return protocol.FinAck(fields["agency"])
     if kind == "WINNERS_QUERY":
@@ -31,7 +37,8 @@ def message_from_fields(kind: str, fields: dict) -> protocol.Message:
     if kind == "WINNERS":
         return protocol.Winners(fields["agency"], fields["last"], tuple(fields["documents"]))
     if kind == "ERROR":
-        return protocol.Error(ErrorCode(fields["code"]), fields["seq"], fields["reason"])
+        assert ErrorCode(fields["code"]).name == fields["code_name"]
+        return protocol.Error(ErrorCode(fields["code"]), fields["position"], fields["reason"])
     raise AssertionError(kind)
 
 
@@ -49,6 +56,15 @@ def decode(raw: bytes) -> protocol.Message:
     message = protocol.read_frame(read_exact)
     assert position == len(raw), "trailing bytes after the frame"
     return message
+
+
+def test_the_vectors_are_version_2_and_cover_every_message_type() -> None:
+    assert VECTORS["version"] == protocol.VERSION == 2
+    assert VECTORS["header_size"] == protocol.HEADER_SIZE
+    assert {v["type"] for v in VECTORS["frames"]} == {t.name for t in MsgType}
+    assert {v["fields"]["code"] for v in VECTORS["frames"] if v["type"] == "ERROR"} >= {
+        ErrorCode.INVALID_BET, ErrorCode.BETS_MISMATCH}
+    assert all(v["hex"].startswith("02") for v in VECTORS["frames"])
 
 
 @pytest.mark.parametrize("vector", VECTORS["frames"], ids=lambda v: v["name"])
@@ -83,12 +99,73 @@ def test_bet_line_rules(vector: dict) -> None:
         with pytest.raises(ProtocolError) as caught:
             protocol.validate_bets(line + b"\n", 1)
         assert caught.value.code is ErrorCode.INVALID_BET
+        assert caught.value.reason == f"bet 1: {reason}"
+        # One bad line refuses the whole batch, whichever line it is.
+        good = b"Ana,Lopez,1,1990-01-01,1\n"
+        with pytest.raises(ProtocolError) as caught:
+            protocol.validate_bets(good + line + b"\n" + good, 3)
+        assert caught.value.code is ErrorCode.INVALID_BET and caught.value.reason == f"bet 2: {reason}"
+
+
+@pytest.mark.parametrize("vector", [v for v in VECTORS["bet_lines"] if v["valid"]], ids=lambda v: v["line"][:40])
+def test_a_valid_bet_line_is_the_one_canonical_rfc_4180_encoding_of_its_fields(vector: dict) -> None:
+    """A valid line reads back with the csv module as five fields, and encoding those fields
+    (protocol.bet_line, and csv.writer's minimal quoting) gives back the very same bytes."""
+    (fields,) = list(csv.reader([vector["line"]]))
+    assert len(fields) == 5
+    assert protocol.bet_line(tuple(fields)) == vector["line"].encode("utf-8") + b"\n"
+    assert protocol.bet_lines([tuple(fields)] * 2) == (vector["line"] + "\n").encode("utf-8") * 2
+
+
+@pytest.mark.parametrize(
+    "fields, line",
+    [
+        (("Pérez, Juan", "Gómez", "1", "1990-01-01", "7574"), '"Pérez, Juan",Gómez,1,1990-01-01,7574'),
+        (('Ana "la Tana"', "O'Neill", "1", "1990-01-01", "1"), '"Ana ""la Tana""",O\'Neill,1,1990-01-01,1'),
+        (("José; María", "D'Alessandro", "1", "1990-01-01", "1"), "José; María,D'Alessandro,1,1990-01-01,1"),
+        (('"', ",", "1", "1990-01-01", "1"), '"""",",",1,1990-01-01,1'),
+        (('"' * 100, "," * 100, "1", "1990-01-01", "1"), '"' + '""' * 100 + '","' + "," * 100 + '",1,1990-01-01,1'),
+    ],
+    ids=["comma", "double_quote", "semicolon_apostrophe", "lone_quote_and_comma", "longest"],
+)
+def test_bet_line_quotes_a_name_exactly_when_it_holds_a_comma_or_a_double_quote(fields, line) -> None:
+    encoded = protocol.bet_line(fields)
+    assert encoded == line.encode("utf-8") + b"\n"
+    assert protocol.bet_line_error(encoded[:-1]) is None
+    protocol.validate_bets(encoded, 1)
+    assert tuple(next(csv.reader([line]))) == fields
+
+
+def test_the_longest_bet_line_is_438_bytes_before_its_newline() -> None:
+    longest = protocol.bet_line(('"' * 100, '"' * 100, "9" * 10, "2000-02-29", "9" * 10))
+    assert len(longest) == 438 + 1
+    protocol.validate_bets(longest, 1)
+    with pytest.raises(ProtocolError):  # one more quote makes a 101-byte name
+        protocol.validate_bets(protocol.bet_line(('"' * 101, "B", "1", "2000-02-29", "1")), 1)
+
+
+def test_the_chain_is_the_crc32_of_every_bet_line_so_far_whatever_the_batching() -> None:
+    lines = [protocol.bet_line((f"N{n}", "Paz, Ruiz" if n % 3 else "Ñú", str(n), "1990-01-01", "1"))
+             for n in range(30)]
+    whole = zlib.crc32(b"".join(lines))
+    assert protocol.chain(b"") == 0
+    for cut in ([30], [10, 20], [1] * 30, [7, 7, 7, 9]):
+        chain, position = 0, 0
+        for size in cut:
+            chain = protocol.chain(b"".join(lines[position : position + size]), chain)
+            position += size
+        assert chain == whole
+    bets = protocol.Bet(1, 11, 20, protocol.chain(b"".join(lines[:10])), b"".join(lines[10:]))
+    assert bets.last == 30 and bets.chain_after == whole
 
 
 def test_largest_vectors_fill_the_maximum_frame() -> None:
     sizes = {v["name"]: len(v["hex"]) // 2 for v in VECTORS["frames"]}
     assert sizes["echo_largest"] == protocol.MAX_FRAME == VECTORS["max_frame"]
     assert sizes["bet_largest"] == protocol.MAX_FRAME
+    largest = decode(bytes.fromhex(next(v["hex"] for v in VECTORS["frames"] if v["name"] == "bet_largest")))
+    assert isinstance(largest, protocol.Bet) and largest.last == 0xFFFFFFFF
+    assert len(largest.bets) == protocol.MAX_BETS_BYTES == 8172
 
 
 def test_encoder_refuses_a_frame_over_the_maximum() -> None:
@@ -98,7 +175,7 @@ def test_encoder_refuses_a_frame_over_the_maximum() -> None:
 
 def test_header_is_refused_before_the_payload_is_read() -> None:
     reads: list[int] = []
-    header = bytes.fromhex("0101ffffffff")
+    header = bytes.fromhex("0201ffffffff")
 
     def read_exact(n: int) -> bytes:
         reads.append(n)
@@ -142,7 +219,7 @@ def test_random_frames_never_escape_as_other_exceptions() -> None:
             if rng.random() < 0.2:
                 del raw[rng.randrange(len(raw)) :]
         else:
-            raw = bytearray([1, rng.randint(0, 9)]) + rng.randbytes(4)
+            raw = bytearray([protocol.VERSION, rng.randint(0, 11)]) + rng.randbytes(4)
             raw[2:6] = rng.randint(0, 64).to_bytes(4, "big")
             raw += rng.randbytes(rng.randint(0, 64))
         try:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import SERVER_DIR, batch, bet, wait_until, worker_pids
+from conftest import SERVER_DIR, AgencyBets, batch, bet, csv_rows, row, wait_until, worker_pids
 from lottery import protocol
 from lottery.protocol import ErrorCode
 
@@ -22,8 +22,8 @@ def expect_error(message: protocol.Message, code: ErrorCode) -> protocol.Error:
     return message
 
 
-def stored_rows(server) -> list[str]:
-    return (server.storage / "bets.csv").read_text(encoding="utf-8").splitlines()
+def stored_rows(server) -> list[list[str]]:
+    return csv_rows(server.storage)
 
 
 def test_echo_answers_the_same_bytes_up_to_the_largest_frame(start_server, peers) -> None:
@@ -37,21 +37,24 @@ def test_echo_answers_the_same_bytes_up_to_the_largest_frame(start_server, peers
 def test_a_whole_session_stores_acknowledges_and_answers_only_own_winners(start_server, peers) -> None:
     server = start_server(agencies=2)
     one, two = peers(server.port), peers(server.port)
-    one.send(batch(1, 1, [bet("111", "7574"), bet("112", "5")]))
-    one.send(batch(1, 2, [bet("113", "7574", first="María José", last="Ibáñez")]))
-    assert [one.recv(), one.recv()] == [protocol.Ack(1, 1), protocol.Ack(1, 2)]
-    one.send(protocol.Fin(1, 2))
+    first, second = AgencyBets(1), AgencyBets(2)
+    one.send(protocol.Hello(1))
+    assert one.recv() == protocol.Resume(1, 0, 0, False)
+    one.send(first.batch([bet("111", "7574"), bet("112", "5")]))
+    one.send(first.batch([bet("113", "7574", first="María José", last="Ibáñez")]))
+    assert [one.recv(), one.recv()] == [protocol.Ack(1, 2), protocol.Ack(1, 3)]
+    one.send(first.fin())
     assert one.recv() == protocol.FinAck(1)
     one.send(protocol.WinnersQuery(1))
     server.wait_log(r"consulta_ganadores \| result: in_progress \| agency: 1")
-    two.send(batch(2, 1, [bet("221", "7574"), bet("222", "7575")]))
-    assert two.recv() == protocol.Ack(2, 1)
+    two.send(second.batch([bet("221", "7574"), bet("222", "7575")]))
+    assert two.recv() == protocol.Ack(2, 2)
     assert "sorteo" not in server.log()  # agency 2 has not finished: no draw, no answer yet
     one.sock.settimeout(0.3)
     with pytest.raises(socket.timeout):
         one.recv()
     one.sock.settimeout(10)
-    two.send(protocol.Fin(2, 1))
+    two.send(second.fin())
     assert two.recv() == protocol.FinAck(2)
     assert one.recv() == protocol.Winners(1, True, ("111", "113"))
     two.send(protocol.WinnersQuery(2))
@@ -59,7 +62,9 @@ def test_a_whole_session_stores_acknowledges_and_answers_only_own_winners(start_
     server.wait_log(r"action: sorteo \| result: success")
     log = server.log()
     assert log.count("action: sorteo | result: success") == 1
-    assert "action: apuesta_recibida | result: success | cantidad: 2" in log
+    assert "action: apuesta_recibida | result: success | cantidad: 2 | agency: 1 | seq: 1" in log
+    assert "action: apuesta_recibida | result: success | cantidad: 1 | agency: 1 | seq: 3" in log
+    assert "action: fin | result: success | agency: 1 | bets: 3" in log
     assert "consulta_ganadores | result: success | agency: 1 | cant_ganadores: 2" in log
     assert len(stored_rows(server)) == 5
 
@@ -68,36 +73,46 @@ def test_a_client_writing_one_byte_at_a_time_is_served(start_server, peers) -> N
     server = start_server()
     peer = peers(server.port)
     peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    frame = protocol.encode(batch(1, 1, [bet(str(n), first="Ñandú") for n in range(30)]))
+    frame = protocol.encode(AgencyBets(1).batch([bet(str(n), first="Ñandú, hijo") for n in range(30)]))
     for i in range(len(frame)):
         peer.send_raw(frame[i : i + 1])
         if i % 50 == 0:
             time.sleep(0.002)
-    assert peer.recv() == protocol.Ack(1, 1)
+    assert peer.recv() == protocol.Ack(1, 30)
     assert len(stored_rows(server)) == 30
 
 
 @pytest.mark.parametrize(
     "raw, code, closes",
     [
-        (bytes.fromhex("010200002000"), ErrorCode.FRAME_TOO_LARGE, True),
-        (bytes.fromhex("0101ffffffff"), ErrorCode.FRAME_TOO_LARGE, True),
-        (bytes.fromhex("020100000000"), ErrorCode.UNSUPPORTED_VERSION, True),
-        (bytes.fromhex("01ee00000003616263"), ErrorCode.UNKNOWN_TYPE, False),
+        (bytes.fromhex("020200002000"), ErrorCode.FRAME_TOO_LARGE, True),
+        (bytes.fromhex("0201ffffffff"), ErrorCode.FRAME_TOO_LARGE, True),
+        (bytes.fromhex("030100000000"), ErrorCode.UNSUPPORTED_VERSION, True),
+        (bytes.fromhex("010900000004") + (1).to_bytes(4, "big"), ErrorCode.UNSUPPORTED_VERSION, True),
+        (bytes.fromhex("02ee00000003616263"), ErrorCode.UNKNOWN_TYPE, False),
         (protocol.encode(protocol.Ack(1, 1)), ErrorCode.UNKNOWN_TYPE, False),
-        (bytes.fromhex("010600000002abcd"), ErrorCode.MALFORMED, False),
-        (protocol.encode(protocol.Fin(9, 0)), ErrorCode.UNKNOWN_AGENCY, False),
+        (protocol.encode(protocol.Resume(1, 0, 0, False)), ErrorCode.UNKNOWN_TYPE, False),
+        (bytes.fromhex("020600000002abcd"), ErrorCode.MALFORMED, False),
+        (bytes.fromhex("0209000000020001"), ErrorCode.MALFORMED, False),
+        (protocol.encode(protocol.Fin(9, 0, 0)), ErrorCode.UNKNOWN_AGENCY, False),
+        (protocol.encode(protocol.Hello(9)), ErrorCode.UNKNOWN_AGENCY, False),
         (protocol.encode(protocol.WinnersQuery(0)), ErrorCode.MALFORMED, False),
+        (protocol.encode(protocol.Hello(0)), ErrorCode.MALFORMED, False),
         (protocol.encode(batch(3, 1, [bet("1")])), ErrorCode.UNKNOWN_AGENCY, False),
-        (protocol.encode(batch(1, 3, [bet("1")])), ErrorCode.SEQUENCE_GAP, False),
+        (protocol.encode(batch(1, 3, [bet("1")], 0)), ErrorCode.SEQUENCE_GAP, False),
+        (protocol.encode(batch(1, 1, [bet("1", "7575")])), ErrorCode.BETS_MISMATCH, False),
+        (protocol.encode(batch(1, 0xFFFFFFFF, [bet("1"), bet("2")])), ErrorCode.MALFORMED, False),
     ],
-    ids=["too_large", "too_large_4GiB", "bad_version", "unknown_type", "server_type", "malformed",
-         "fin_unknown_agency", "query_agency_zero", "bet_unknown_agency", "bet_gap"],
+    ids=["too_large", "too_large_4GiB", "bad_version", "version_1_hello", "unknown_type", "server_type",
+         "resume_from_agency", "malformed", "hello_short", "fin_unknown_agency", "hello_unknown_agency",
+         "query_agency_zero", "hello_agency_zero", "bet_unknown_agency", "bet_gap", "bet_other_bets_at_stored",
+         "bet_past_last_position"],
 )
 def test_bad_input_gets_an_error_code_and_harms_nothing(start_server, peers, raw, code, closes) -> None:
     server = start_server(agencies=2)
     good = peers(server.port)
-    good.send(batch(1, 1, [bet("1", "7574")]))
+    agency = AgencyBets(1)
+    good.send(agency.batch([bet("1", "7574")]))
     assert good.recv() == protocol.Ack(1, 1)
     bad = peers(server.port)
     bad.send_raw(raw)
@@ -107,9 +122,9 @@ def test_bad_input_gets_an_error_code_and_harms_nothing(start_server, peers, raw
     else:  # the framing is intact: the connection goes on
         bad.send(protocol.Echo(b"still here"))
         assert bad.recv() == protocol.Echo(b"still here")
-    good.send(batch(1, 2, [bet("2")]))
+    good.send(agency.batch([bet("2")]))
     assert good.recv() == protocol.Ack(1, 2)
-    assert stored_rows(server) == ["1,Ana,López,1,1990-01-01,7574", "1,Ana,López,2,1990-01-01,1"]
+    assert stored_rows(server) == [row(1, bet("1", "7574")), row(1, bet("2"))]
     server.wait_log(r"result: fail \| .*code: " + code.name)
 
 
@@ -122,42 +137,63 @@ def test_bad_input_gets_an_error_code_and_harms_nothing(start_server, peers, raw
         (b"Ana,1,1990-01-01,1\n", 1, ErrorCode.INVALID_BET, "bet 1: 4 fields"),
         (b"Ana,Lopez,1,1990-01-01,1\n", 3, ErrorCode.MALFORMED, "count is 3"),
         (b"Ana,L\xffpez,1,1990-01-01,1\n", 1, ErrorCode.INVALID_BET, "bet 1: not UTF-8"),
+        # Names are quoted exactly when they hold a comma or a double quote, and only then.
+        ("Ana,Pérez, Juan,1,1990-01-01,1\n".encode(), 1, ErrorCode.INVALID_BET, "bet 1: 6 fields, want 5"),
+        (b'"Ana",Lopez,1,1990-01-01,1\n', 1, ErrorCode.INVALID_BET, "bet 1: first_name"),
+        ('"Pérez, Juan",Gómez,1,1990-01-01,1\nAna,"O\'Neill",2,1990-01-01,1\n'.encode(), 2, ErrorCode.INVALID_BET,
+         "bet 2: last_name"),
+        (b'Ana "la Tana",Lopez,1,1990-01-01,1\n', 1, ErrorCode.INVALID_BET, "bet 1: quoting"),
+        (b'"Ana ""la Tana,Lopez,1,1990-01-01,1\n', 1, ErrorCode.INVALID_BET, "bet 1: quoting"),
+        (b"Ana\xc2\x85Mar\xc3\xada,Paz,1,1990-01-01,1\n", 1, ErrorCode.INVALID_BET, "bet 1: first_name"),
     ],
+    ids=["bad_date_in_bet_2", "document", "number", "four_fields", "count_mismatch", "not_utf8",
+         "unquoted_comma", "needless_quotes", "needless_quotes_in_bet_2", "unquoted_double_quote",
+         "unclosed_quote", "c1_control"],
 )
 def test_an_invalid_batch_is_refused_whole(start_server, peers, lines, count, code, reason) -> None:
     server = start_server()
     peer = peers(server.port)
-    peer.send(protocol.Bet(1, 1, count, lines))
+    peer.send(protocol.Bet(1, 1, count, 0, lines))
     error = expect_error(peer.recv(), code)
-    assert error.seq == 1 and reason in error.reason
-    server.wait_log(rf"action: apuesta_recibida \| result: fail \| cantidad: {count} .*{code.name}")
+    assert error.position == 1 and reason in error.reason, error
+    server.wait_log(rf"action: apuesta_recibida \| result: fail \| cantidad: {count} \| agency: 1 \| seq: 1 "
+                    rf"\| code: {code.name}")
     assert stored_rows(server) == []
-    peer.send(batch(1, 1, [bet("5")]))  # the same seq, now valid, is stored
+    peer.send(protocol.Hello(1))
+    assert peer.recv() == protocol.Resume(1, 0, 0, False)  # nothing of it is stored
+    agency = AgencyBets(1)
+    peer.send(agency.batch([bet("5", first="Pérez, Juan")]))  # the same position, now valid, is stored
     assert peer.recv() == protocol.Ack(1, 1)
+    assert stored_rows(server) == [row(1, bet("5", first="Pérez, Juan"))]
 
 
 def test_fin_rules_gap_then_recorded_then_duplicate(start_server, peers) -> None:
     server = start_server(agencies=2)
     peer = peers(server.port)
-    peer.send(batch(1, 1, [bet("1")]))
-    peer.send(protocol.Fin(1, 2))
+    agency = AgencyBets(1)
+    stored = agency.batch([bet("1")])
+    peer.send(stored)
+    peer.send(protocol.Fin(1, 2, agency.chain))
     assert peer.recv() == protocol.Ack(1, 1)
     expect_error(peer.recv(), ErrorCode.SEQUENCE_GAP)
-    peer.send(protocol.Fin(1, 1))
+    peer.send(agency.fin())
     assert peer.recv() == protocol.FinAck(1)
-    peer.send(protocol.Fin(1, 1))
+    peer.send(agency.fin())
     expect_error(peer.recv(), ErrorCode.DUPLICATE_FIN)
-    peer.send(batch(1, 2, [bet("2")]))
+    peer.send(agency.batch([bet("2")]))
     expect_error(peer.recv(), ErrorCode.AGENCY_FINISHED)
-    peer.send(batch(1, 1, [bet("1")]))  # a resend of a stored batch is still acknowledged
+    peer.send(stored)  # a resend of the last stored batch is still acknowledged
     assert peer.recv() == protocol.Ack(1, 1)
+    peer.send(protocol.Hello(1))
+    assert peer.recv() == protocol.Resume(1, 1, stored.chain_after, True)
     server.wait_log(r"action: fin \| result: fail \| agency: 1 .*DUPLICATE_FIN")
+    assert stored_rows(server) == [row(1, bet("1"))]
 
 
 def test_a_truncated_frame_is_logged_and_stores_nothing(start_server, peers) -> None:
     server = start_server()
     peer = peers(server.port)
-    frame = protocol.encode(batch(1, 1, [bet("1")]))
+    frame = protocol.encode(AgencyBets(1).batch([bet("1")]))
     peer.send_raw(frame[:-5])
     peer.sock.shutdown(socket.SHUT_WR)
     assert peer.closed_by_server()
@@ -178,7 +214,7 @@ def test_an_idle_connection_is_closed_but_a_held_query_is_not(start_server, peer
     holder.sock.settimeout(10)
     for agency in (1, 2):
         fin = peers(server.port)
-        fin.send(protocol.Fin(agency, 0))
+        fin.send(protocol.Fin(agency, 0, 0))
         assert fin.recv() == protocol.FinAck(agency)
     assert holder.recv() == protocol.Winners(1, True, ())
 
@@ -203,7 +239,7 @@ def test_connections_beyond_capacity_wait_in_the_backlog(start_server, peers) ->
 def test_sigterm_releases_held_queries_closes_everything_and_exits_0(start_server, peers) -> None:
     server = start_server(agencies=2)
     holder = peers(server.port)
-    holder.send(batch(1, 1, [bet("1", "7574")]))
+    holder.send(AgencyBets(1).batch([bet("1", "7574")]))
     assert holder.recv() == protocol.Ack(1, 1)
     holder.send(protocol.WinnersQuery(1))
     server.wait_log("result: in_progress | agency: 1")
@@ -253,15 +289,17 @@ def test_a_restarted_server_keeps_bets_fins_and_the_draw(start_server, peers, tm
     storage = tmp_path / "kept"
     server = start_server(storage=storage)
     peer = peers(server.port)
-    peer.send(batch(1, 1, [bet("41", "7574"), bet("42")]))
-    assert peer.recv() == protocol.Ack(1, 1)
+    agency = AgencyBets(1)
+    stored = agency.batch([bet("41", "7574"), bet("42")])
+    peer.send(stored)
+    assert peer.recv() == protocol.Ack(1, 2)
     server.kill()  # a crash: an acknowledged batch must survive it
 
     server = start_server(storage=storage)
     peer = peers(server.port)
-    peer.send(batch(1, 1, [bet("41", "7574"), bet("42")]))  # the agency resends: not stored twice
-    assert peer.recv() == protocol.Ack(1, 1)
-    peer.send(protocol.Fin(1, 1))
+    peer.send(stored)  # the agency resends: not stored twice
+    assert peer.recv() == protocol.Ack(1, 2)
+    peer.send(agency.fin())
     assert peer.recv() == protocol.FinAck(1)
     peer.send(protocol.WinnersQuery(1))
     assert peer.recv() == protocol.Winners(1, True, ("41",))
@@ -272,10 +310,12 @@ def test_a_restarted_server_keeps_bets_fins_and_the_draw(start_server, peers, tm
     peer = peers(server.port)
     peer.send(protocol.WinnersQuery(1))
     assert peer.recv() == protocol.Winners(1, True, ("41",))
-    peer.send(protocol.Fin(1, 1))
+    peer.send(agency.fin())
     expect_error(peer.recv(), ErrorCode.DUPLICATE_FIN)
+    peer.send(protocol.Hello(1))
+    assert peer.recv() == agency.resume(finished=True)
     assert "sorteo" not in server.log()  # no second draw
-    assert stored_rows(server) == ["1,Ana,López,41,1990-01-01,7574", "1,Ana,López,42,1990-01-01,1"]
+    assert stored_rows(server) == [row(1, bet("41", "7574")), row(1, bet("42"))]
 
 
 @pytest.mark.parametrize(
@@ -305,10 +345,13 @@ def test_many_concurrent_agencies(start_server, peers) -> None:
     server = start_server(agencies=agencies, WORKER_CONNECTIONS=100)
     conns = [peers(server.port) for _ in range(agencies)]
     for agency, peer in enumerate(conns, start=1):
-        peer.send(batch(agency, 1, [bet(f"{agency}{i}", "7574" if i == 0 else "1") for i in range(5)]))
-        peer.send(protocol.Fin(agency, 1))
+        sender = AgencyBets(agency)
+        peer.send(protocol.Hello(agency))
+        peer.send(sender.batch([bet(f"{agency}{i}", "7574" if i == 0 else "1") for i in range(5)]))
+        peer.send(sender.fin())
     for agency, peer in enumerate(conns, start=1):
-        assert peer.recv() == protocol.Ack(agency, 1)
+        assert peer.recv() == protocol.Resume(agency, 0, 0, False)
+        assert peer.recv() == protocol.Ack(agency, 5)
         assert peer.recv() == protocol.FinAck(agency)
     for agency, peer in enumerate(conns, start=1):
         peer.send(protocol.WinnersQuery(agency))

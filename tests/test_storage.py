@@ -1,4 +1,4 @@
-"""Storage and draw: idempotent batches, crash recovery, cross-process group commit, streaming draw."""
+"""Storage and draw: exactly-once batches, crash recovery, cross-process group commit, streaming draw."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import batch, bet
+from conftest import AgencyBets, batch, bet, chain_of, csv_rows, row
 from lottery import draw, storage
-from lottery.storage import FinOutcome, Outcome, Storage
+from lottery.protocol import Bet
+from lottery.storage import AgencyState, FinOutcome, Outcome, Storage
 
 AGENCIES = 9  # the round these tests store into
 
@@ -20,46 +21,131 @@ def open_storage(directory: Path) -> Storage:
     return Storage(directory)
 
 
-def csv_rows(directory: Path) -> list[str]:
-    return (directory / storage.BETS_FILE).read_text(encoding="utf-8").splitlines()
+def outcomes(store: Storage, batches: list[Bet]) -> list[Outcome]:
+    return [verdict.outcome for verdict in store.store_batches(batches)]
 
 
 def test_batches_are_stored_once_in_order(tmp_path: Path) -> None:
     store = open_storage(tmp_path)
-    first = batch(1, 1, [bet("10"), bet("11", "7574", first="José", last="Núñez")])
-    outcomes = store.store_batches([first, batch(1, 2, [bet("12")]), batch(2, 1, [bet("20")])])
-    assert outcomes == [Outcome.STORED] * 3
-    assert store.store_batches([first, batch(1, 4, [bet("14")])]) == [Outcome.DUPLICATE, Outcome.GAP]
+    one, two = AgencyBets(1), AgencyBets(2)
+    first = one.batch([bet("10"), bet("11", "7574", first="José", last="Núñez")])
+    assert outcomes(store, [first, one.batch([bet("12")]), two.batch([bet("20")])]) == [Outcome.STORED] * 3
+    last = one.batches[-1]
+    gap = batch(1, 5, [bet("14")], one.chain)
+    assert outcomes(store, [last, gap]) == [Outcome.DUPLICATE, Outcome.GAP]
     assert csv_rows(tmp_path) == [
-        "1,Ana,López,10,1990-01-01,1",
-        "1,José,Núñez,11,1990-01-01,7574",
-        "1,Ana,López,12,1990-01-01,1",
-        "2,Ana,López,20,1990-01-01,1",
+        ["1", "Ana", "López", "10", "1990-01-01", "1"],
+        ["1", "José", "Núñez", "11", "1990-01-01", "7574"],
+        ["1", "Ana", "López", "12", "1990-01-01", "1"],
+        ["2", "Ana", "López", "20", "1990-01-01", "1"],
     ]
+    assert store.view.state(1) == AgencyState(3, one.chain, 3)
+    assert store.view.state(2) == AgencyState(1, two.chain, 1)
 
 
-def test_a_batch_after_fin_is_refused_but_a_resend_is_acknowledged(tmp_path: Path) -> None:
+def test_a_verdict_carries_the_state_it_was_decided_against(tmp_path: Path) -> None:
     store = open_storage(tmp_path)
-    first = batch(3, 1, [bet("30")])
-    assert store.store_batches([first]) == [Outcome.STORED]
-    assert store.record_fin(3, 2) is FinOutcome.GAP  # batch 2 is not stored
-    assert store.record_fin(3, 1) is FinOutcome.RECORDED
-    assert store.record_fin(3, 1) is FinOutcome.DUPLICATE
-    assert store.store_batches([first, batch(3, 2, [bet("31")])]) == [Outcome.DUPLICATE, Outcome.FINISHED]
-    assert store.record_fin(4, 0) is FinOutcome.RECORDED  # an agency with nothing to send
+    agency = AgencyBets(1)
+    first, second = agency.batch([bet("1"), bet("2")]), agency.batch([bet("3")])
+    verdicts = store.store_batches([first, second, batch(1, 4, [bet("4")], 0xDEADBEEF)])
+    assert [v.outcome for v in verdicts] == [Outcome.STORED, Outcome.STORED, Outcome.MISMATCH]
+    # Within one call the second batch is decided on top of the first, not on the folded view.
+    assert [v.state for v in verdicts] == [AgencyState(), AgencyState(2, first.chain_after, 1),
+                                           AgencyState(3, agency.chain, 3)]
+
+
+def test_the_exactly_once_rules_of_a_batch(tmp_path: Path) -> None:
+    store = open_storage(tmp_path)
+    agency = AgencyBets(1)
+    bets = [bet(str(n)) for n in range(1, 21)]
+    a, b = agency.batch(bets[:5]), agency.batch(bets[5:10])
+    assert outcomes(store, [a, b]) == [Outcome.STORED, Outcome.STORED]
+    rows = csv_rows(tmp_path)
+    refused = {
+        "wrong chain at stored+1": batch(1, 11, bets[10:12], agency.chain ^ 1),
+        "gap": batch(1, 12, bets[11:12], agency.chain),
+        "older batch resent": a,
+        "the stored positions cut otherwise": batch(1, 1, bets[:10]),
+        "the last positions with other bets": batch(1, 6, [bet("99")] * 5, a.chain_after),
+        "the last batch and one more": batch(1, 6, bets[5:11], a.chain_after),
+        "the last batch's tail": batch(1, 8, bets[7:10], chain_of(bets[:7])),
+    }
+    got = outcomes(store, list(refused.values()))
+    assert dict(zip(refused, got)) == {
+        "wrong chain at stored+1": Outcome.MISMATCH,
+        "gap": Outcome.GAP,
+        "older batch resent": Outcome.MISMATCH,
+        "the stored positions cut otherwise": Outcome.MISMATCH,
+        "the last positions with other bets": Outcome.MISMATCH,
+        "the last batch and one more": Outcome.MISMATCH,
+        "the last batch's tail": Outcome.MISMATCH,
+    }
+    assert csv_rows(tmp_path) == rows  # nothing of them stored
+    assert outcomes(store, [b]) == [Outcome.DUPLICATE]
+    # Re-cut after what is stored: any batch size continues.
+    assert outcomes(store, [agency.batch(bets[10:11]), agency.batch(bets[11:20])]) == [Outcome.STORED] * 2
+    assert csv_rows(tmp_path) == [row(1, x) for x in bets]
+    assert store.view.state(1) == AgencyState(20, chain_of(bets), 12)
+
+
+def test_fin_rules(tmp_path: Path) -> None:
+    store = open_storage(tmp_path)
+    agency = AgencyBets(3)
+    first = agency.batch([bet("30")])
+    assert outcomes(store, [first]) == [Outcome.STORED]
+    state = AgencyState(1, agency.chain, 1)
+    assert store.record_fin(3, 2, agency.chain) == (FinOutcome.GAP, state)  # bet 2 is not stored
+    assert store.record_fin(3, 0, 0) == (FinOutcome.GAP, state)
+    assert store.record_fin(3, 1, agency.chain ^ 0x80000000) == (FinOutcome.MISMATCH, state)
+    assert store.record_fin(3, 1, agency.chain) == (FinOutcome.RECORDED, state)
+    assert store.record_fin(3, 1, agency.chain) == (FinOutcome.DUPLICATE, state)
+    assert store.record_fin(3, 1, agency.chain ^ 1)[0] is FinOutcome.FINISHED
+    assert store.record_fin(3, 2, agency.chain)[0] is FinOutcome.FINISHED
+    assert store.view.fins == {3: (1, agency.chain)}
+    assert outcomes(store, [first, agency.batch([bet("31")])]) == [Outcome.DUPLICATE, Outcome.FINISHED]
+    assert store.record_fin(4, 0, 0) == (FinOutcome.RECORDED, AgencyState())  # an agency with nothing to send
+    assert store.resume(3) == (AgencyState(1, first.chain_after, 1), True)
+    assert store.resume(4) == (AgencyState(), True)
+    assert store.resume(5) == (AgencyState(), False)
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     store = open_storage(tmp_path)
-    store.store_batches([batch(1, 1, [bet("1")]), batch(1, 2, [bet("2")])])
-    store.record_fin(1, 2)
+    agency = AgencyBets(1)
+    store.store_batches([agency.batch([bet("1")]), agency.batch([bet("2"), bet("3")])])
+    store.record_fin(1, 3, agency.chain)
     store.close()
     report = storage.recover(tmp_path, AGENCIES)
     assert (report.batches, report.fins, report.cut_bets_bytes, report.cut_journal_bytes) == (2, 1, 0, 0)
     again = Storage(tmp_path)
-    assert again.view.last_seq == {1: 2} and again.view.fins == {1: 2}
-    assert again.store_batches([batch(1, 2, [bet("2")])]) == [Outcome.DUPLICATE]
-    assert len(csv_rows(tmp_path)) == 2
+    assert again.view.agency_states == {1: AgencyState(3, agency.chain, 2)}
+    assert again.view.fins == {1: (3, agency.chain)}
+    assert again.resume(1) == (AgencyState(3, agency.chain, 2), True)
+    assert outcomes(again, [agency.batches[-1], agency.batches[0]]) == [Outcome.DUPLICATE, Outcome.MISMATCH]
+    assert len(csv_rows(tmp_path)) == 3
+
+
+def test_a_checkpoint_keeps_what_decides_a_resend(tmp_path: Path) -> None:
+    """The checkpoint keeps each agency's stored count, chain and last batch's first: after a
+    compaction and a restart the last batch is still acknowledged as a resend, and nothing else."""
+    store = open_storage(tmp_path)
+    one, two = AgencyBets(1), AgencyBets(2)
+    store.store_batches([one.batch([bet("1"), bet("2")]), one.batch([bet("3"), bet("4"), bet("5")]),
+                         two.batch([bet("6")])])
+    store.record_fin(2, 1, two.chain)
+    store.compact()
+    journal = (tmp_path / storage.JOURNAL_FILE).read_text().splitlines()
+    assert journal[0].startswith("checkpoint 9 ")
+    assert f"agency 1 5 {one.chain:08x} 3" in journal and f"fin 2 1 {two.chain:08x}" in journal
+    store.close()
+    storage.recover(tmp_path, AGENCIES)
+    again = Storage(tmp_path)
+    assert again.view.state(1) == AgencyState(5, one.chain, 3)
+    assert outcomes(again, [one.batches[1], one.batches[0], batch(1, 3, [bet("3"), bet("4"), bet("5")])]) == [
+        Outcome.DUPLICATE, Outcome.MISMATCH, Outcome.MISMATCH]
+    assert outcomes(again, [one.batch([bet("7")])]) == [Outcome.STORED]
+    assert again.record_fin(2, 1, two.chain)[0] is FinOutcome.DUPLICATE
+    assert [r[3] for r in csv_rows(tmp_path)] == ["1", "2", "3", "4", "5", "6", "7"]
 
 
 @pytest.mark.parametrize(
@@ -73,7 +159,9 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 )
 def test_recovery_keeps_the_longest_valid_prefix(tmp_path: Path, damage: str, kept_batches: int) -> None:
     store = open_storage(tmp_path)
-    store.store_batches([batch(1, 1, [bet("1")]), batch(1, 2, [bet("2"), bet("3")])])
+    agency = AgencyBets(1)
+    first, second = agency.batch([bet("1")]), agency.batch([bet("2"), bet("3")])
+    store.store_batches([first, second])
     store.close()
     bets_path, journal_path = tmp_path / storage.BETS_FILE, tmp_path / storage.JOURNAL_FILE
     if damage == "torn_journal_line":
@@ -92,25 +180,27 @@ def test_recovery_keeps_the_longest_valid_prefix(tmp_path: Path, damage: str, ke
     assert report.batches == kept_batches
     assert report.cut_bets_bytes + report.cut_journal_bytes > 0
     store = Storage(tmp_path)
-    assert store.view.last_seq == {1: kept_batches}
+    kept = first if kept_batches == 1 else second
+    assert store.resume(1) == (AgencyState(kept.last, kept.chain_after, kept.first), False)
     assert storage.recover(tmp_path, AGENCIES).batches == kept_batches  # recovery is idempotent
     rows = csv_rows(tmp_path)
     assert len(rows) == {1: 1, 2: 3}[kept_batches]
     # The agency resends what was lost and the files are whole again.
-    assert store.store_batches([batch(1, 2, [bet("2"), bet("3")])])[0] in (Outcome.STORED, Outcome.DUPLICATE)
-    assert csv_rows(tmp_path)[-2:] == ["1,Ana,López,2,1990-01-01,1", "1,Ana,López,3,1990-01-01,1"]
+    expected = Outcome.STORED if kept_batches == 1 else Outcome.DUPLICATE
+    assert outcomes(store, [second]) == [expected]
+    assert csv_rows(tmp_path) == [row(1, bet("1")), row(1, bet("2")), row(1, bet("3"))]
 
 
 def test_a_dead_writers_leftovers_are_cut_by_the_next_writer(tmp_path: Path) -> None:
     store = open_storage(tmp_path)
     other = Storage(tmp_path)
-    store.store_batches([batch(1, 1, [bet("1")])])
+    store.store_batches([AgencyBets(1).batch([bet("1")])])
     with open(tmp_path / storage.BETS_FILE, "ab") as bets:  # a writer killed mid-batch
         bets.write(b"2,Half")
     with open(tmp_path / storage.JOURNAL_FILE, "ab") as journal:
         journal.write(b"batch 2 1")
-    assert other.store_batches([batch(2, 1, [bet("2")])]) == [Outcome.STORED]
-    assert csv_rows(tmp_path) == ["1,Ana,López,1,1990-01-01,1", "2,Ana,López,2,1990-01-01,1"]
+    assert outcomes(other, [AgencyBets(2).batch([bet("2")])]) == [Outcome.STORED]
+    assert csv_rows(tmp_path) == [row(1, bet("1")), row(2, bet("2"))]
     assert storage.recover(tmp_path, AGENCIES).batches == 2
 
 
@@ -124,12 +214,13 @@ def test_concurrent_writer_processes_never_interleave_or_lose_a_batch(tmp_path: 
             code = 1
             try:
                 store = Storage(tmp_path)
-                for seq in range(1, batches_each + 1, 3):  # groups of up to 3 batches per commit
+                sender = AgencyBets(agency)
+                for start in range(1, batches_each + 1, 3):  # groups of up to 3 batches per commit
                     group = [
-                        batch(agency, s, [bet(f"{agency}{s:03d}{i:02d}") for i in range(bets_per_batch)])
-                        for s in range(seq, min(seq + 3, batches_each + 1))
+                        sender.batch([bet(f"{agency}{s:03d}{i:02d}") for i in range(bets_per_batch)])
+                        for s in range(start, min(start + 3, batches_each + 1))
                     ]
-                    assert store.store_batches(group) == [Outcome.STORED] * len(group)
+                    assert outcomes(store, group) == [Outcome.STORED] * len(group)
                 code = 0
             finally:
                 os._exit(code)
@@ -141,24 +232,39 @@ def test_concurrent_writer_processes_never_interleave_or_lose_a_batch(tmp_path: 
     assert report.batches == writers * batches_each and report.cut_bets_bytes == 0
     rows = csv_rows(tmp_path)
     assert len(rows) == writers * batches_each * bets_per_batch
-    # Each batch's rows are contiguous, and every agency's batches are in seq order.
-    documents = [row.split(",")[3] for row in rows]
+    # Each batch's rows are contiguous, and every agency's batches are in position order.
+    documents = [r[3] for r in rows]
     for start in range(0, len(documents), bets_per_batch):
         chunk = documents[start : start + bets_per_batch]
         assert [d[-2:] for d in chunk] == [f"{i:02d}" for i in range(bets_per_batch)]
         assert len({d[:-2] for d in chunk}) == 1
     for agency in range(1, writers + 1):
-        seqs = [int(d[1:4]) for d in documents[::bets_per_batch] if d[0] == str(agency)]
-        assert seqs == list(range(1, batches_each + 1))
+        batches = [int(d[1:4]) for d in documents[::bets_per_batch] if d[0] == str(agency)]
+        assert batches == list(range(1, batches_each + 1))
+    final = Storage(tmp_path)
+    for agency in range(1, writers + 1):
+        chain = zlib.crc32(b"".join(lines for lines in _agency_lines(tmp_path, agency)))
+        assert final.view.state(agency).stored == batches_each * bets_per_batch
+        assert final.view.state(agency).chain == chain
 
 
-def test_journal_crc_covers_the_batch_bytes(tmp_path: Path) -> None:
+def _agency_lines(directory: Path, agency: int) -> list[bytes]:
+    """The bet lines of `agency` in bets.csv, as the agency sent them (its id cut off)."""
+    prefix = b"%d," % agency
+    return [line[len(prefix) :] + b"\n" for line in (directory / storage.BETS_FILE).read_bytes().split(b"\n")[:-1]
+            if line.startswith(prefix)]
+
+
+def test_journal_crc_covers_the_batch_bytes_and_the_chain_its_bets(tmp_path: Path) -> None:
     store = open_storage(tmp_path)
-    store.store_batches([batch(7, 1, [bet("70")])])
+    agency = AgencyBets(7)
+    store.store_batches([agency.batch([bet("70", first="Pérez, Juan"), bet("71")])])
     line = (tmp_path / storage.JOURNAL_FILE).read_text().splitlines()[-1].split()
     data = (tmp_path / storage.BETS_FILE).read_bytes()
-    assert line[:4] == ["batch", "7", "1", str(len(data))]
-    assert int(line[4], 16) == zlib.crc32(data)
+    assert line[:5] == ["batch", "7", "1", "2", str(len(data))]
+    assert int(line[5], 16) == zlib.crc32(data)
+    assert int(line[6], 16) == agency.chain == zlib.crc32(b"".join(_agency_lines(tmp_path, 7)))
+    assert data == '7,"Pérez, Juan",López,70,1990-01-01,1\n7,Ana,López,71,1990-01-01,1\n'.encode()
 
 
 def test_draw_streams_and_finds_exactly_the_winners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,10 +272,13 @@ def test_draw_streams_and_finds_exactly_the_winners(tmp_path: Path, monkeypatch:
     store = open_storage(tmp_path)
     bets = [bet(f"{n}", "7574" if n % 7 == 0 else str(n)) for n in range(1, 200)]
     bets += [bet("900", "07574"), bet("901", "75740"), bet("902", "17574")]
-    store.store_batches([batch(1, 1, bets[:100]), batch(2, 1, bets[100:])])
+    # Quoted names: a winner's, and names that hold ",7574" without the bet's number being it.
+    bets += [bet("903", "7574", first='Ana "7574", Paz', last="Ruiz, Soto"), bet("904", "1", last="Ruiz,7574"),
+             bet("905", "2", first="Ruiz,7574,", last='"7574"')]
+    store.store_batches([AgencyBets(1).batch(bets[:100]), AgencyBets(2).batch(bets[100:])])
     size = (tmp_path / storage.BETS_FILE).stat().st_size
     winners = draw.find_winners(tmp_path / storage.BETS_FILE, size)
-    expected = [(1 if n <= 100 else 2, str(n)) for n in range(1, 200) if n % 7 == 0] + [(2, "900")]
+    expected = [(1 if n <= 100 else 2, str(n)) for n in range(1, 200) if n % 7 == 0] + [(2, "900"), (2, "903")]
     assert winners == expected
     assert not draw.draw_done(tmp_path)
     assert draw.run_draw(tmp_path, size) == len(expected)
@@ -177,3 +286,18 @@ def test_draw_streams_and_finds_exactly_the_winners(tmp_path: Path, monkeypatch:
     result = draw.load_winners(tmp_path)
     assert result[1] == [d for a, d in expected if a == 1]
     assert result[2] == [d for a, d in expected if a == 2]
+
+
+def test_a_drawn_round_refuses_new_bets_and_fins_but_acknowledges_the_last_batch(tmp_path: Path) -> None:
+    store = open_storage(tmp_path)
+    one, two = AgencyBets(1), AgencyBets(2)
+    last = one.batch([bet("1", "7574")])
+    assert outcomes(store, [last, two.batch([bet("2")])]) == [Outcome.STORED] * 2
+    store.record_fin(1, 1, one.chain)
+    draw.run_draw(tmp_path, (tmp_path / storage.BETS_FILE).stat().st_size)
+    refused = [one.batch([bet("3")]), two.batch([bet("4")]), batch(2, 9, [bet("5")], 0)]
+    assert outcomes(store, [last, *refused]) == [Outcome.DUPLICATE] + [Outcome.ROUND_CLOSED] * 3
+    assert outcomes(store, [batch(2, 1, [bet("9")])]) == [Outcome.MISMATCH]  # stored positions: not a new bet
+    assert store.record_fin(2, 1, two.batches[0].chain_after)[0] is FinOutcome.ROUND_CLOSED
+    assert store.record_fin(1, 1, one.batches[0].chain_after)[0] is FinOutcome.DUPLICATE
+    assert [r[3] for r in csv_rows(tmp_path)] == ["1", "2"]

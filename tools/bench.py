@@ -119,11 +119,11 @@ def main() -> int:
 
 
 def echo_answered(port: int) -> bool:
-    """One ECHO round trip (version 1, type 1, empty payload)."""
+    """One ECHO round trip (version 2, type 1, empty payload)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(bytes.fromhex("010100000000"))
-            return sock.recv(6) == bytes.fromhex("010100000000")
+            sock.sendall(bytes.fromhex("020100000000"))
+            return sock.recv(6) == bytes.fromhex("020100000000")
     except OSError:
         return False
 

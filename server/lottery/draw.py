@@ -32,13 +32,18 @@ def draw_done(directory: Path) -> bool:
 
 
 def _winners_in(block: bytes, end: int) -> Iterator[tuple[int, str]]:
-    """(agency, document) of the winning lines among the whole lines in block[:end]."""
+    """(agency, document) of the winning lines among the whole lines in block[:end].
+
+    A line is `agency,first_name,last_name,document,birthdate,number`; the names may be quoted
+    and hold commas, but the agency and the last three fields never do, so they are found by
+    splitting at the first comma and at the last three."""
     hit = block.find(_NEEDLE, 0, end)
     while hit >= 0:
         start = block.rfind(b"\n", 0, hit) + 1
-        fields = block[start : hit + len(_NEEDLE) - 1].split(b",")
-        if len(fields) == 6 and int(fields[5]) == WINNING_NUMBER:
-            yield int(fields[0]), fields[3].decode("ascii")
+        line = block[start : hit + len(_NEEDLE) - 1]
+        head, document, _, number = line.rsplit(b",", 3)
+        if int(number) == WINNING_NUMBER:
+            yield int(head[: head.index(b",")]), document.decode("ascii")
         hit = block.find(_NEEDLE, hit + len(_NEEDLE), end)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import enum
 import re
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct(">BBI")
 HEADER_SIZE = HEADER.size  # 6
 MAX_FRAME = 8192
@@ -21,12 +22,15 @@ MAX_PAYLOAD = MAX_FRAME - HEADER_SIZE  # 8186
 MAX_REASON = 255
 
 _U32 = struct.Struct(">I")
-BET_HEAD = struct.Struct(">IIH")  # agency, seq, count
-_PAIR = struct.Struct(">II")  # ACK (agency, seq) and FIN (agency, batches)
+BET_HEAD = struct.Struct(">IIHI")  # agency, first, count, chain
+_PAIR = struct.Struct(">II")  # ACK (agency, stored)
+_FIN = struct.Struct(">III")  # agency, bets, chain
+_RESUME = struct.Struct(">IIIB")  # agency, stored, chain, finished
 _WINNERS_HEAD = struct.Struct(">IBH")  # agency, last, count
-_ERROR_HEAD = struct.Struct(">HI")  # code, seq
-BET_HEADER_SIZE = BET_HEAD.size  # 10
-MAX_BETS_BYTES = MAX_PAYLOAD - BET_HEADER_SIZE  # 8176
+_ERROR_HEAD = struct.Struct(">HI")  # code, position
+BET_HEADER_SIZE = BET_HEAD.size  # 14
+MAX_BETS_BYTES = MAX_PAYLOAD - BET_HEADER_SIZE  # 8172
+MAX_NAME_BYTES = 100
 WINNERS_HEADER_SIZE = _WINNERS_HEAD.size  # 7
 
 
@@ -39,6 +43,8 @@ class MsgType(enum.IntEnum):
     WINNERS_QUERY = 0x06
     WINNERS = 0x07
     ERROR = 0x08
+    HELLO = 0x09
+    RESUME = 0x0A
 
 
 class ErrorCode(enum.IntEnum):
@@ -55,6 +61,7 @@ class ErrorCode(enum.IntEnum):
     SHUTTING_DOWN = 11
     INTERNAL_ERROR = 12
     ROUND_CLOSED = 13
+    BETS_MISMATCH = 14
 
 
 # Codes after which the framing can no longer be trusted, or the central is leaving: the
@@ -71,13 +78,14 @@ CLOSING_CODES = frozenset(
 
 
 class ProtocolError(Exception):
-    """A frame or payload that breaks the protocol; `code` is the ERROR code to answer with."""
+    """A frame or payload that breaks the protocol; `code` is the ERROR code to answer with and
+    `position` the `first` of the refused BET (0 for other messages)."""
 
-    def __init__(self, code: ErrorCode, reason: str, seq: int = 0) -> None:
+    def __init__(self, code: ErrorCode, reason: str, position: int = 0) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
-        self.seq = seq
+        self.position = position
 
 
 class TruncatedFrame(Exception):
@@ -94,24 +102,40 @@ class Echo:
 
 @dataclass(frozen=True)
 class Bet:
-    """One batch: `bets` is the raw, already validated `lines` block of the payload."""
+    """One batch: the agency's bets `first` .. `first + count - 1` (positions among its valid
+    bets, from 1); `chain` is the CRC-32 chain of its bets before `first`; `bets` is the raw,
+    already validated `lines` block of the payload."""
 
     agency: int
-    seq: int
+    first: int
     count: int
+    chain: int
     bets: bytes
+
+    @property
+    def last(self) -> int:
+        return self.first + self.count - 1
+
+    @property
+    def chain_after(self) -> int:
+        return chain(self.bets, self.chain)
 
 
 @dataclass(frozen=True)
 class Ack:
+    """The agency's bets 1..`stored` are durably stored (`stored` is the batch's last position)."""
+
     agency: int
-    seq: int
+    stored: int
 
 
 @dataclass(frozen=True)
 class Fin:
+    """The agency has sent all its bets: `bets` of them, whose chain is `chain`."""
+
     agency: int
-    batches: int
+    bets: int
+    chain: int
 
 
 @dataclass(frozen=True)
@@ -125,6 +149,22 @@ class WinnersQuery:
 
 
 @dataclass(frozen=True)
+class Hello:
+    agency: int
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What the central holds of an agency: its bets 1..`stored`, their chain, and whether its
+    FIN is recorded."""
+
+    agency: int
+    stored: int
+    chain: int
+    finished: bool
+
+
+@dataclass(frozen=True)
 class Winners:
     agency: int
     last: bool
@@ -134,16 +174,27 @@ class Winners:
 @dataclass(frozen=True)
 class Error:
     code: ErrorCode
-    seq: int = 0
+    position: int = 0
     reason: str = ""
 
 
-Message = Union[Echo, Bet, Ack, Fin, FinAck, WinnersQuery, Winners, Error]
+Message = Union[Echo, Bet, Ack, Fin, FinAck, WinnersQuery, Winners, Error, Hello, Resume]
+
+
+def chain(lines: bytes, previous: int = 0) -> int:
+    """The CRC-32 chain of an agency's bets: the CRC-32 (IEEE) of all its bet lines so far, in
+    order, continued from `previous` (the chain of the bets before them; 0 before the first)."""
+    return zlib.crc32(lines, previous)
 
 
 # --- bet validation -------------------------------------------------------------------------
+#
+# A bet line is one RFC 4180 record of five fields. A name may hold any UTF-8 text without a
+# control character; it is written quoted ("..." with every " doubled) exactly when it holds a
+# comma or a double quote, and as is otherwise, so every bet has exactly one encoding (its chain
+# and its bets.csv line follow from it). Documents, dates and numbers are never quoted.
 
-_NAME = rb'[^,"\x00-\x1f\x7f]{1,100}'
+_PLAIN_NAME = rb'[^,"\x00-\x1f\x7f]{1,100}'
 _DIGITS = rb"[0-9]{1,10}"
 # Month-aware day ranges; 02-29 is accepted here and checked for leap years separately.
 _DATE = (
@@ -151,20 +202,47 @@ _DATE = (
     rb"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
     rb"|02-(?:0[1-9]|1[0-9]|2[0-9]))"
 )
-_BET_LINE = _NAME + b"," + _NAME + b"," + _DIGITS + b"," + _DATE + b"," + _DIGITS + b"\n"
-_BET_LINES_RE = re.compile(b"(?:" + _BET_LINE + b")+")
+# The common case, a batch without any quoted name, is checked whole by one regular expression.
+_PLAIN_LINE = _PLAIN_NAME + b"," + _PLAIN_NAME + b"," + _DIGITS + b"," + _DATE + b"," + _DIGITS + b"\n"
+_PLAIN_LINES_RE = re.compile(b"(?:" + _PLAIN_LINE + b")+")
+_C1_RE = re.compile(rb"\xc2[\x80-\x9f]")  # U+0080..U+009F, the C1 control characters, in UTF-8
 _FEB29_RE = re.compile(rb",([0-9]{4})-02-29,")
-_FIELD_RES = (
-    ("first_name", re.compile(_NAME)),
-    ("last_name", re.compile(_NAME)),
-    ("document", re.compile(_DIGITS)),
-    ("birthdate", re.compile(_DATE)),
-    ("number", re.compile(_DIGITS)),
-)
+_NAME_RE = re.compile(rb'[^\x00-\x1f\x7f]{1,100}')
+_DIGITS_RE = re.compile(_DIGITS)
+_DATE_RE = re.compile(_DATE)
+_FIELD_RE = re.compile(rb'"((?:[^"]|"")*)"|([^,"]*)')  # one field: quoted, or plain
+FIELD_NAMES = ("first_name", "last_name", "document", "birthdate", "number")
 
 
 def _is_leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def split_record(line: bytes) -> list[tuple[bytes, bool]] | None:
+    """The fields of one RFC 4180 record (without its line end) as (value, was quoted); None
+    when its quoting is broken (an unclosed quote, a quote inside a plain field, text after a
+    closing quote)."""
+    fields: list[tuple[bytes, bool]] = []
+    position = 0
+    while True:
+        match = _FIELD_RE.match(line, position)
+        assert match is not None  # the plain alternative matches the empty string
+        quoted = match.group(1) is not None
+        fields.append((match.group(1).replace(b'""', b'"') if quoted else match.group(2), quoted))
+        position = match.end()
+        if position == len(line):
+            return fields
+        if line[position] != 0x2C:  # ","
+            return None
+        position += 1
+
+
+def _name_error(value: bytes, quoted: bool) -> bool:
+    """Whether a name breaks its rules: 1 to 100 bytes, no control character, quoted exactly
+    when it holds a comma or a double quote."""
+    if not _NAME_RE.fullmatch(value) or _C1_RE.search(value):
+        return True
+    return quoted != (b"," in value or b'"' in value)
 
 
 def bet_line_error(line: bytes) -> str | None:
@@ -173,13 +251,18 @@ def bet_line_error(line: bytes) -> str | None:
         line.decode("utf-8")
     except UnicodeDecodeError:
         return "not UTF-8"
-    fields = line.split(b",")
-    if len(fields) != len(_FIELD_RES):
-        return f"{len(fields)} fields, want {len(_FIELD_RES)}"
-    for value, (name, pattern) in zip(fields, _FIELD_RES):
-        if not pattern.fullmatch(value):
+    fields = split_record(line)
+    if fields is None:
+        return "quoting"
+    if len(fields) != len(FIELD_NAMES):
+        return f"{len(fields)} fields, want {len(FIELD_NAMES)}"
+    for name, (value, quoted) in zip(FIELD_NAMES[:2], fields[:2]):
+        if _name_error(value, quoted):
             return name
-    year, month, day = fields[3].split(b"-")
+    for name, pattern, (value, quoted) in zip(FIELD_NAMES[2:], (_DIGITS_RE, _DATE_RE, _DIGITS_RE), fields[2:]):
+        if quoted or not pattern.fullmatch(value):
+            return name
+    year, month, day = fields[3][0].split(b"-")
     if month == b"02" and day == b"29" and not _is_leap(int(year)):
         return "birthdate"
     return None
@@ -188,8 +271,8 @@ def bet_line_error(line: bytes) -> str | None:
 def validate_bets(bets: bytes, count: int) -> None:
     """Raise ProtocolError unless `bets` is exactly `count` valid bet lines.
 
-    The fast path checks a whole batch with one compiled regular expression; only a batch that
-    fails it is split into lines to name the first bad bet.
+    The fast path checks a whole batch without quotes with one compiled regular expression; a
+    batch with a quoted name, or one that fails it, is checked line by line.
     """
     lines = bets.count(b"\n")
     if not bets.endswith(b"\n"):
@@ -198,9 +281,14 @@ def validate_bets(bets: bytes, count: int) -> None:
         raise ProtocolError(ErrorCode.MALFORMED, f"count is {count} but the batch has {lines} lines")
     try:
         bets.decode("utf-8")
-        valid = _BET_LINES_RE.fullmatch(bets) is not None and (
-            b"-02-29," not in bets  # a plain substring search spares the regex almost always
-            or all(_is_leap(int(m.group(1))) for m in _FEB29_RE.finditer(bets))
+        valid = (
+            b'"' not in bets
+            and _PLAIN_LINES_RE.fullmatch(bets) is not None
+            and _C1_RE.search(bets) is None
+            and (
+                b"-02-29," not in bets  # a plain substring search spares the regex almost always
+                or all(_is_leap(int(m.group(1))) for m in _FEB29_RE.finditer(bets))
+            )
         )
     except UnicodeDecodeError:
         valid = False
@@ -210,7 +298,16 @@ def validate_bets(bets: bytes, count: int) -> None:
         reason = bet_line_error(line)
         if reason is not None:
             raise ProtocolError(ErrorCode.INVALID_BET, f"bet {number}: {reason}")
-    raise ProtocolError(ErrorCode.INVALID_BET, "invalid bet")  # unreachable for consistent rules
+
+
+def bet_line(fields: tuple[str, str, str, str, str]) -> bytes:
+    """The canonical bet line (with its newline) of five field values."""
+    out = []
+    for value in fields:
+        if "," in value or '"' in value:
+            value = '"' + value.replace('"', '""') + '"'
+        out.append(value)
+    return (",".join(out) + "\n").encode("utf-8")
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -225,18 +322,22 @@ def frame(msg_type: MsgType, payload: bytes) -> bytes:
 
 def bet_lines(bets: list[tuple[str, str, str, str, str]]) -> bytes:
     """The `lines` block of a BET from (first, last, document, birthdate, number) tuples."""
-    return "".join(",".join(bet) + "\n" for bet in bets).encode("utf-8")
+    return b"".join(bet_line(bet) for bet in bets)
 
 
 def encode(msg: Message) -> bytes:
     if isinstance(msg, Echo):
         return frame(MsgType.ECHO, msg.payload)
     if isinstance(msg, Bet):
-        return frame(MsgType.BET, BET_HEAD.pack(msg.agency, msg.seq, msg.count) + msg.bets)
+        return frame(MsgType.BET, BET_HEAD.pack(msg.agency, msg.first, msg.count, msg.chain) + msg.bets)
     if isinstance(msg, Ack):
-        return frame(MsgType.ACK, _PAIR.pack(msg.agency, msg.seq))
+        return frame(MsgType.ACK, _PAIR.pack(msg.agency, msg.stored))
     if isinstance(msg, Fin):
-        return frame(MsgType.FIN, _PAIR.pack(msg.agency, msg.batches))
+        return frame(MsgType.FIN, _FIN.pack(msg.agency, msg.bets, msg.chain))
+    if isinstance(msg, Hello):
+        return frame(MsgType.HELLO, _U32.pack(msg.agency))
+    if isinstance(msg, Resume):
+        return frame(MsgType.RESUME, _RESUME.pack(msg.agency, msg.stored, msg.chain, 1 if msg.finished else 0))
     if isinstance(msg, FinAck):
         return frame(MsgType.FIN_ACK, _U32.pack(msg.agency))
     if isinstance(msg, WinnersQuery):
@@ -247,7 +348,7 @@ def encode(msg: Message) -> bytes:
         return frame(MsgType.WINNERS, head + documents)
     if isinstance(msg, Error):
         reason = msg.reason.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore").encode("utf-8")
-        return frame(MsgType.ERROR, _ERROR_HEAD.pack(msg.code, msg.seq) + reason)
+        return frame(MsgType.ERROR, _ERROR_HEAD.pack(msg.code, msg.position) + reason)
     raise TypeError(f"not a message: {msg!r}")
 
 
@@ -312,22 +413,33 @@ def decode_payload(msg_type: int, payload: bytes) -> Message:
     if msg_type == MsgType.BET:
         if len(payload) < BET_HEADER_SIZE:
             raise ProtocolError(ErrorCode.MALFORMED, f"BET payload is {len(payload)} bytes")
-        agency, seq, count = BET_HEAD.unpack_from(payload)
+        agency, first, count, previous = BET_HEAD.unpack_from(payload)
         _positive("agency", agency)
-        _positive("seq", seq)
+        _positive("first", first)
         _positive("count", count)
+        if first + count - 1 > 0xFFFFFFFF:
+            raise ProtocolError(ErrorCode.MALFORMED, f"bets {first}.. {count} pass position 4294967295", first)
         bets = bytes(payload[BET_HEADER_SIZE:])
         try:
             validate_bets(bets, count)
         except ProtocolError as err:
-            err.seq = seq
+            err.position = first
             raise
-        return Bet(agency, seq, count, bets)
+        return Bet(agency, first, count, previous, bets)
     if msg_type == MsgType.ACK:
-        return Ack(*_fixed(payload, _PAIR, "ACK"))
+        agency, stored = _fixed(payload, _PAIR, "ACK")
+        return Ack(_positive("agency", agency), _positive("stored", stored))
     if msg_type == MsgType.FIN:
-        agency, batches = _fixed(payload, _PAIR, "FIN")
-        return Fin(_positive("agency", agency), batches)
+        agency, bets, fin_chain = _fixed(payload, _FIN, "FIN")
+        return Fin(_positive("agency", agency), bets, fin_chain)
+    if msg_type == MsgType.HELLO:
+        (agency,) = _fixed(payload, _U32, "HELLO")
+        return Hello(_positive("agency", agency))
+    if msg_type == MsgType.RESUME:
+        agency, stored, resume_chain, finished = _fixed(payload, _RESUME, "RESUME")
+        if finished > 1:
+            raise ProtocolError(ErrorCode.MALFORMED, f"RESUME finished is {finished}")
+        return Resume(_positive("agency", agency), stored, resume_chain, bool(finished))
     if msg_type == MsgType.FIN_ACK:
         return FinAck(*_fixed(payload, _U32, "FIN_ACK"))
     if msg_type == MsgType.WINNERS_QUERY:
@@ -344,13 +456,13 @@ def decode_payload(msg_type: int, payload: bytes) -> Message:
     if msg_type == MsgType.ERROR:
         if len(payload) < _ERROR_HEAD.size:
             raise ProtocolError(ErrorCode.MALFORMED, f"ERROR payload is {len(payload)} bytes")
-        code, seq = _ERROR_HEAD.unpack_from(payload)
+        code, position = _ERROR_HEAD.unpack_from(payload)
         try:
             code = ErrorCode(code)
             reason = bytes(payload[_ERROR_HEAD.size :]).decode("utf-8")
         except (ValueError, UnicodeDecodeError) as err:
             raise ProtocolError(ErrorCode.MALFORMED, "bad ERROR payload") from err
-        return Error(code, seq, reason)
+        return Error(code, position, reason)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {msg_type}")
 
 

@@ -7,15 +7,18 @@ Files in the storage directory:
                     point where ``bets.csv`` was synced::
 
                         checkpoint <agencies> <bets_end> <batches>
-                        agency <id> <last_seq>        one per agency with a stored batch
-                        fin <id> <batches>            one per recorded FIN
+                        agency <id> <stored> <chain> <last_first>   one per agency with bets
+                        fin <id> <bets> <chain>                     one per recorded FIN
 
                     and goes on with one record per change since that checkpoint::
 
-                        batch <agency> <seq> <end> <crc32>   bets.csv is <end> bytes after it
-                        fin <agency> <batches>
+                        batch <agency> <first> <count> <end> <crc32> <chain>
+                        fin <agency> <bets> <chain>
 
-                    It is the only record of which batches are stored, so deduplication, the FIN
+                    A batch holds the agency's bets ``first .. first + count - 1``; bets.csv is
+                    ``end`` bytes after it, ``crc32`` covers its bytes there, and ``chain`` is the
+                    agency's chain after it (protocol.md). CRCs and chains are hexadecimal. The
+                    journal is the only record of what is stored, so deduplication, the FIN
                     barrier and the round's agency count survive a restart.
 - ``storage.lock``  the append lock (``flock``), held only around appending.
 - ``instance.lock`` held by one central for its whole life (``flock``, with its pid inside).
@@ -36,7 +39,10 @@ Rules, each relied upon elsewhere:
 - **fsync failure is fail-stop.** A failed ``fsync``/``fdatasync`` raises `SyncFailed`: the page
   cache may have dropped the data it covered, so the process must stop rather than answer; the
   next start's `recover` decides from what is really on disk.
-- **Bounded state and restart.** A process keeps only per-agency state (last stored batch, FIN),
+- **Exactly once, whatever the batching.** An agency's bets are stored in position order with no
+  gap or overlap, each batch on top of exactly the bets its ``chain`` names; the per-agency state
+  is (bets stored, their chain, the first position of the last batch), O(1) whatever the bets.
+- **Bounded state and restart.** A process keeps only per-agency state (see above, and the FIN),
   folding the journal in streaming chunks. `Storage.compact` rewrites the journal as a new
   checkpoint (after syncing bets.csv; atomic rename), so recovery and every worker's start read
   at most one checkpoint and a bounded tail, whatever the number of batches stored.
@@ -105,17 +111,46 @@ class RoundMismatch(StorageError):
 
 class Outcome(enum.Enum):
     STORED = "stored"
-    DUPLICATE = "duplicate"  # already stored: acknowledge again, store nothing
-    GAP = "gap"  # a previous batch of the agency is missing
-    FINISHED = "finished"  # a new batch after the agency's FIN
-    ROUND_CLOSED = "round_closed"  # a new batch after the draw
+    DUPLICATE = "duplicate"  # a resend of the last stored batch: acknowledge again, store nothing
+    GAP = "gap"  # bets before the batch's first are not stored yet
+    MISMATCH = "mismatch"  # not on top of the stored bets (chain), or other bets for stored positions
+    FINISHED = "finished"  # new bets after the agency's FIN
+    ROUND_CLOSED = "round_closed"  # new bets after the draw
 
 
 class FinOutcome(enum.Enum):
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
     GAP = "gap"
+    MISMATCH = "mismatch"
+    FINISHED = "finished"  # another FIN was recorded
     ROUND_CLOSED = "round_closed"
+
+
+@dataclass(frozen=True)
+class AgencyState:
+    """What is stored of one agency: bets 1..`stored`, their `chain`, the last batch's first."""
+
+    stored: int = 0
+    chain: int = 0
+    last_first: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A decision on one batch, with the agency's stored state it was decided against."""
+
+    outcome: Outcome
+    state: AgencyState
+
+
+# kind -> (number of values, indexes of the values written in hexadecimal)
+_LAYOUT = {
+    b"checkpoint": (3, ()),
+    b"agency": (4, (2,)),
+    b"fin": (3, (2,)),
+    b"batch": (6, (4, 5)),
+}
 
 
 @dataclass(frozen=True)
@@ -125,21 +160,19 @@ class JournalRecord:
     kind: str  # "checkpoint", "agency", "fin" or "batch"
     values: tuple[int, ...]
 
-    _ARITY = {b"checkpoint": 3, b"agency": 2, b"fin": 2, b"batch": 4}
-
     def encode(self) -> bytes:
-        if self.kind == "batch":
-            agency, seq, end, crc = self.values
-            return b"batch %d %d %d %08x\n" % (agency, seq, end, crc)
-        return self.kind.encode() + b"".join(b" %d" % value for value in self.values) + b"\n"
+        hexadecimal = _LAYOUT[self.kind.encode()][1]
+        fields = [b"%08x" % v if i in hexadecimal else b"%d" % v for i, v in enumerate(self.values)]
+        return self.kind.encode() + b" " + b" ".join(fields) + b"\n"
 
     @classmethod
     def parse(cls, line: bytes) -> "JournalRecord":
         """The record in one line (without its newline); StorageError if it is not one."""
         kind, *fields = line.split(b" ")
-        if cls._ARITY.get(kind) == len(fields):
+        layout = _LAYOUT.get(kind)
+        if layout is not None and layout[0] == len(fields):
             try:
-                values = [int(f, 16) if kind == b"batch" and i == 3 else int(f) for i, f in enumerate(fields)]
+                values = [int(f, 16 if i in layout[1] else 10) for i, f in enumerate(fields)]
             except ValueError:
                 pass
             else:
@@ -148,12 +181,12 @@ class JournalRecord:
         raise StorageError(f"corrupt journal line {line[:80]!r}")
 
 
-def batch_record(agency: int, seq: int, end: int, crc: int) -> JournalRecord:
-    return JournalRecord("batch", (agency, seq, end, crc))
+def batch_record(bet: Bet, end: int, crc: int) -> JournalRecord:
+    return JournalRecord("batch", (bet.agency, bet.first, bet.count, end, crc, bet.chain_after))
 
 
-def fin_record(agency: int, batches: int) -> JournalRecord:
-    return JournalRecord("fin", (agency, batches))
+def fin_record(agency: int, bets: int, chain: int) -> JournalRecord:
+    return JournalRecord("fin", (agency, bets, chain))
 
 
 @dataclass
@@ -166,8 +199,11 @@ class JournalView:
     agencies: int = 0  # the round's agency count (from the checkpoint)
     bets_end: int = 0  # size bets.csv must have
     batches: int = 0  # batches stored in the round
-    last_seq: dict[int, int] = field(default_factory=dict)
-    fins: dict[int, int] = field(default_factory=dict)  # agency -> batches announced
+    agency_states: dict[int, AgencyState] = field(default_factory=dict)
+    fins: dict[int, tuple[int, int]] = field(default_factory=dict)  # agency -> (bets, chain)
+
+    def state(self, agency: int) -> AgencyState:
+        return self.agency_states.get(agency, _NOTHING_STORED)
 
     def fold(self, data: bytes) -> int:
         """Fold in the complete lines at the start of `data`, the journal's bytes from `offset`
@@ -184,29 +220,35 @@ class JournalView:
         """Fold in one record that took `size` bytes of the journal."""
         values = record.values
         if record.kind == "batch":
-            self.last_seq[values[0]] = values[1]
-            self.bets_end = values[2]
+            agency, first, count, end, _, chain = values
+            self.agency_states[agency] = AgencyState(first + count - 1, chain, first)
+            self.bets_end = end
             self.batches += 1
         elif record.kind == "fin":
-            self.fins[values[0]] = values[1]
+            self.fins[values[0]] = (values[1], values[2])
         elif record.kind == "agency":
-            self.last_seq[values[0]] = values[1]
+            self.agency_states[values[0]] = AgencyState(*values[1:])
         else:  # a checkpoint starts the file: the state lines after it rebuild the rest
             self.agencies, self.bets_end, self.batches = values
-            self.last_seq.clear()
+            self.agency_states.clear()
             self.fins.clear()
         self.offset += size
 
     def checkpoint(self) -> bytes:
         """The journal's content for a checkpoint of this state."""
         records = [JournalRecord("checkpoint", (self.agencies, self.bets_end, self.batches))]
-        records += [JournalRecord("agency", (a, s)) for a, s in sorted(self.last_seq.items())]
-        records += [fin_record(a, b) for a, b in sorted(self.fins.items())]
+        records += [
+            JournalRecord("agency", (a, s.stored, s.chain, s.last_first)) for a, s in sorted(self.agency_states.items())
+        ]
+        records += [fin_record(a, *fin) for a, fin in sorted(self.fins.items())]
         return b"".join(record.encode() for record in records)
 
     def finished(self, agencies: int) -> int:
         """How many of agencies 1..`agencies` have a FIN."""
         return sum(1 for agency in self.fins if 1 <= agency <= agencies)
+
+
+_NOTHING_STORED = AgencyState()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -364,11 +406,11 @@ def recover(directory: Path, agencies: int) -> RecoveryReport:
             if record.kind == "checkpoint":
                 break  # only ever the first line
             if record.kind == "batch":
-                size = record.values[2] - view.bets_end
+                size = record.values[3] - view.bets_end
                 if not 0 < size <= MAX_BATCH_BYTES:
                     break
                 data = bets.read(size)
-                if len(data) != size or zlib.crc32(data) != record.values[3]:
+                if len(data) != size or zlib.crc32(data) != record.values[4]:
                     break  # these bytes never fully reached the disk
             view.apply(record, len(line))
         journal_size = os.fstat(journal.fileno()).st_size
@@ -449,7 +491,7 @@ class Storage:
             )
 
     def refresh(self) -> JournalView:
-        """The current view of the journal (FINs, last seqs), read under the lock."""
+        """The current view of the journal (agency states, FINs), read under the lock."""
         with self._locked():
             return self.view
 
@@ -485,56 +527,76 @@ class Storage:
             raise WriteFailed(f"append: {err.strerror or err}") from err
         self.view.fold(journal)
 
-    def store_batches(self, batches: list[Bet]) -> list[Outcome]:
-        """Store what is new among `batches` (in order), then sync; one outcome per batch.
+    def store_batches(self, batches: list[Bet]) -> list[Verdict]:
+        """Store what is new among `batches` (in order), then sync; one verdict per batch.
 
-        Returns only once every outcome is durable, so the caller may answer at once: STORED and
+        Returns only once every verdict is durable, so the caller may answer at once: STORED and
         DUPLICATE with ACK, the others with their ERROR. Raises WriteFailed (nothing stored) or
         SyncFailed (stop)."""
-        outcomes: list[Outcome] = []
+        verdicts: list[Verdict] = []
         with self._locked():
             view = self.view
-            pending_seq: dict[int, int] = {}
+            pending: dict[int, AgencyState] = {}  # agencies stored by this call, not yet folded
             bets_chunks: list[bytes] = []
             journal_lines: list[bytes] = []
             end = view.bets_end
-            for batch in batches:
-                last = pending_seq.get(batch.agency, view.last_seq.get(batch.agency, 0))
-                if batch.seq <= last:
-                    outcomes.append(Outcome.DUPLICATE)
-                elif self.drawn():
-                    outcomes.append(Outcome.ROUND_CLOSED)
-                elif batch.agency in view.fins:
-                    outcomes.append(Outcome.FINISHED)
-                elif batch.seq != last + 1:
-                    outcomes.append(Outcome.GAP)
-                else:
-                    data = csv_lines(batch.agency, batch.bets)
+            for bet in batches:
+                state = pending.get(bet.agency) or view.state(bet.agency)
+                outcome = self._decide(bet, state)
+                verdicts.append(Verdict(outcome, state))
+                if outcome is Outcome.STORED:
+                    data = csv_lines(bet.agency, bet.bets)
                     end += len(data)
                     bets_chunks.append(data)
-                    journal_lines.append(batch_record(batch.agency, batch.seq, end, zlib.crc32(data)).encode())
-                    pending_seq[batch.agency] = batch.seq
-                    outcomes.append(Outcome.STORED)
+                    journal_lines.append(batch_record(bet, end, zlib.crc32(data)).encode())
+                    pending[bet.agency] = AgencyState(bet.last, bet.chain_after, bet.first)
             if bets_chunks:
                 self._append(b"".join(bets_chunks), b"".join(journal_lines))
         self.sync()  # outside the lock: one sync covers every process's appends so far
-        return outcomes
+        return verdicts
 
-    def record_fin(self, agency: int, batches: int) -> FinOutcome:
-        """Record that `agency` sent all of batches 1..`batches`; returns once durable."""
+    def _decide(self, bet: Bet, state: AgencyState) -> Outcome:
+        if bet.first <= state.stored:  # positions already stored: only an exact resend passes
+            exact = bet.first == state.last_first and bet.last == state.stored and bet.chain_after == state.chain
+            return Outcome.DUPLICATE if exact else Outcome.MISMATCH
+        if self.drawn():
+            return Outcome.ROUND_CLOSED
+        if bet.agency in self.view.fins:
+            return Outcome.FINISHED
+        if bet.first != state.stored + 1:
+            return Outcome.GAP
+        if bet.chain != state.chain:
+            return Outcome.MISMATCH
+        return Outcome.STORED
+
+    def record_fin(self, agency: int, bets: int, chain: int) -> tuple[FinOutcome, AgencyState]:
+        """Record that `agency` sent all its bets, `bets` of them with `chain`; returns once
+        durable, with the agency's stored state the FIN was decided against."""
         with self._locked():
             view = self.view
-            if agency in view.fins:
+            state = view.state(agency)
+            if agency in view.fins and view.fins[agency] == (bets, chain):
                 outcome = FinOutcome.DUPLICATE  # perhaps appended by a process that has not synced yet
             elif self.drawn():
                 outcome = FinOutcome.ROUND_CLOSED
-            elif view.last_seq.get(agency, 0) != batches:
+            elif agency in view.fins:
+                outcome = FinOutcome.FINISHED
+            elif state.stored != bets:
                 outcome = FinOutcome.GAP
+            elif state.chain != chain:
+                outcome = FinOutcome.MISMATCH
             else:
-                self._append(b"", fin_record(agency, batches).encode())
+                self._append(b"", fin_record(agency, bets, chain).encode())
                 outcome = FinOutcome.RECORDED
         self.sync()
-        return outcome
+        return outcome, state
+
+    def resume(self, agency: int) -> tuple[AgencyState, bool]:
+        """What is durably stored of `agency`, and whether its FIN is recorded."""
+        with self._locked():
+            state, finished = self.view.state(agency), agency in self.view.fins
+        self.sync()  # another process may have appended it without syncing yet
+        return state, finished
 
     def compact(self) -> tuple[int, int]:
         """Rewrite the journal as a checkpoint of the current state; (bytes before, after).

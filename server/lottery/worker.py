@@ -5,11 +5,11 @@ one connection per loop turn, and stops watching it while it serves WORKER_CONNE
 connections: the rest wait in the kernel's listen backlog for whichever worker has room. No file
 descriptor and no connection count travels between processes.
 
-The worker reads frames, answers ECHO, validates BET batches and commits every batch that arrived
-in one loop turn, from all its connections, with a single append and sync (group commit), then
-acknowledges them. Answers on a connection leave in the order its requests came in: before any
-other answer, the connection's pending batches are committed and answered. It records FINs and
-holds winners queries until the round is drawn.
+The worker reads frames, answers ECHO and HELLO (what is stored of the agency), validates BET
+batches and commits every batch that arrived in one loop turn, from all its connections, with a
+single append and sync (group commit), then acknowledges them. Answers on a connection leave in
+the order its requests came in: before any other answer, the connection's pending batches are
+committed and answered. It records FINs and holds winners queries until the round is drawn.
 
 Its channel to the supervisor carries only nudges, single bytes whose content does not matter:
 "the journal has a new FIN" (worker -> supervisor) and "the round is drawn" (supervisor ->
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from . import draw, protocol
 from .config import ServerConfig
 from .protocol import ErrorCode, MsgType, ProtocolError
-from .storage import FinOutcome, Outcome, Storage, StorageError, WriteFailed
+from .storage import AgencyState, FinOutcome, Outcome, Storage, StorageError, Verdict, WriteFailed
 from .wakeup import WakeupPipe
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 NUDGE = b"!"
 EXIT_SYNC_FAILED = 3  # the storage failed (fsync error or damage): the central must stop
 
-CLIENT_TYPES = frozenset({MsgType.ECHO, MsgType.BET, MsgType.FIN, MsgType.WINNERS_QUERY})
+CLIENT_TYPES = frozenset({MsgType.ECHO, MsgType.HELLO, MsgType.BET, MsgType.FIN, MsgType.WINNERS_QUERY})
 RECV_SIZE = 65536
 MAX_OUTBUF = 256 * 1024  # stop reading from a peer that does not read its answers
 MAX_HELD_INBUF = 4 * protocol.MAX_FRAME  # what a held winners query may buffer behind it
@@ -53,11 +53,27 @@ ACCEPT_PAUSE = 0.5  # seconds without accepting after accept ran out of descript
 # accept errors that concern one connection that vanished: try the next one at once
 _TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
-_OUTCOME_ERRORS = {
-    Outcome.GAP: (ErrorCode.SEQUENCE_GAP, "a previous batch is missing"),
-    Outcome.FINISHED: (ErrorCode.AGENCY_FINISHED, "the agency already sent FIN"),
-    Outcome.ROUND_CLOSED: (ErrorCode.ROUND_CLOSED, "the draw has already happened"),
-}
+def _refusal(outcome: Outcome, bet: protocol.Bet, stored: AgencyState) -> ProtocolError:
+    """The ERROR for a batch the storage refused, its reason naming the facts it was decided on
+    (both checksums for a mismatch)."""
+    where = f"bets {bet.first}..{bet.last} of agency {bet.agency}"
+    if outcome is Outcome.GAP:
+        held = f"only bets 1..{stored.stored} are stored" if stored.stored else "no bet of the agency is stored"
+        code, why = ErrorCode.SEQUENCE_GAP, held
+    elif outcome is Outcome.FINISHED:
+        code, why = ErrorCode.AGENCY_FINISHED, "the agency already sent FIN"
+    elif outcome is Outcome.ROUND_CLOSED:
+        code, why = ErrorCode.ROUND_CLOSED, "the draw has already happened"
+    elif bet.first > stored.stored:
+        code = ErrorCode.BETS_MISMATCH
+        why = f"chain before them is {bet.chain:08x}, the stored bets' is {stored.chain:08x}"
+    else:
+        code = ErrorCode.BETS_MISMATCH
+        why = (
+            f"bets 1..{stored.stored} are stored (chain {stored.chain:08x}) and these are not a resend of the"
+            f" last stored batch (their chain after: {bet.chain_after:08x})"
+        )
+    return ProtocolError(code, f"{where}: {why}", bet.first)
 
 
 def nudge(channel: socket.socket) -> bool:
@@ -325,8 +341,8 @@ class Worker:
             return
         try:
             msg = protocol.decode_payload(msg_type, payload)
-            if isinstance(msg, (protocol.Bet, protocol.Fin, protocol.WinnersQuery)):
-                self._check_agency(msg.agency, getattr(msg, "seq", 0))
+            if isinstance(msg, (protocol.Hello, protocol.Bet, protocol.Fin, protocol.WinnersQuery)):
+                self._check_agency(msg.agency, msg.first if isinstance(msg, protocol.Bet) else 0)
         except ProtocolError as err:
             if msg_type == MsgType.BET:
                 self._log_refused_batch(payload, err)
@@ -338,19 +354,24 @@ class Worker:
         elif isinstance(msg, protocol.Echo):
             log.info("action: echo | result: success | peer: %s | bytes: %d", conn.peer, len(msg.payload))
             self._reply(conn, msg)
+        elif isinstance(msg, protocol.Hello):
+            self._on_hello(conn, msg.agency)
         elif isinstance(msg, protocol.Fin):
             self._on_fin(conn, msg)
         elif isinstance(msg, protocol.WinnersQuery):
             self._on_winners_query(conn, msg.agency)
 
-    def _check_agency(self, agency: int, seq: int) -> None:
+    def _check_agency(self, agency: int, position: int) -> None:
         if not 1 <= agency <= self.config.agencies:
-            raise ProtocolError(ErrorCode.UNKNOWN_AGENCY, f"agency {agency} is outside 1..{self.config.agencies}", seq)
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_AGENCY, f"agency {agency} is outside 1..{self.config.agencies}", position
+            )
 
     def _log_refused_batch(self, payload: bytes, err: ProtocolError) -> None:
+        """The contract's line for a refused batch; `seq` is the position of its first bet."""
         agency = seq = count = 0
         if len(payload) >= protocol.BET_HEADER_SIZE:
-            agency, seq, count = protocol.BET_HEAD.unpack_from(payload)
+            agency, seq, count, _ = protocol.BET_HEAD.unpack_from(payload)
         log.warning(
             "action: apuesta_recibida | result: fail | cantidad: %d | agency: %d | seq: %d | code: %s | reason: %s",
             count,
@@ -369,35 +390,58 @@ class Worker:
                 err.code.name,
                 err.reason,
             )
-        self._reply(conn, protocol.Error(err.code, err.seq, err.reason))
+        self._reply(conn, protocol.Error(err.code, err.position, err.reason))
         if err.code in protocol.CLOSING_CODES:
             self._start_closing(conn)
+
+    def _on_hello(self, conn: Connection, agency: int) -> None:
+        if conn.pending:
+            self._commit()  # RESUME must count this connection's batches before it
+        try:
+            state, finished = self.storage.resume(agency)
+        except WriteFailed as err:  # pragma: no cover - resume appends nothing
+            self._storage_failed([(conn, 0)], err)
+            return
+        log.info(
+            "action: hello | result: success | agency: %d | stored: %d | chain: %08x | finished: %d | peer: %s",
+            agency,
+            state.stored,
+            state.chain,
+            finished,
+            conn.peer,
+        )
+        self._reply(conn, protocol.Resume(agency, state.stored, state.chain, finished))
 
     def _on_fin(self, conn: Connection, fin: protocol.Fin) -> None:
         if conn.pending:
             self._commit()  # the storage must see this connection's batches before its FIN
         try:
-            outcome = self.storage.record_fin(fin.agency, fin.batches)
+            outcome, state = self.storage.record_fin(fin.agency, fin.bets, fin.chain)
         except WriteFailed as err:
             self._storage_failed([(conn, 0)], err)
             return
         if outcome in (FinOutcome.RECORDED, FinOutcome.DUPLICATE):
             nudge(self.channel)  # the supervisor re-checks the barrier (a DUPLICATE may be a retry)
         if outcome is FinOutcome.RECORDED:
-            log.info("action: fin | result: success | agency: %d | batches: %d", fin.agency, fin.batches)
+            log.info("action: fin | result: success | agency: %d | bets: %d", fin.agency, fin.bets)
             self._reply(conn, protocol.FinAck(fin.agency))
             return
         if outcome is FinOutcome.DUPLICATE:
             code, reason = ErrorCode.DUPLICATE_FIN, f"FIN of agency {fin.agency} already recorded"
+        elif outcome is FinOutcome.FINISHED:
+            recorded = self.storage.view.fins.get(fin.agency, (0, 0))
+            code, reason = ErrorCode.AGENCY_FINISHED, f"another FIN of agency {fin.agency} is recorded ({recorded[0]} bets)"
         elif outcome is FinOutcome.ROUND_CLOSED:
             code, reason = ErrorCode.ROUND_CLOSED, "the draw has already happened"
+        elif outcome is FinOutcome.GAP:
+            code, reason = ErrorCode.SEQUENCE_GAP, f"FIN announces {fin.bets} bets, {state.stored} stored"
         else:
-            last = self.storage.view.last_seq.get(fin.agency, 0)
-            code, reason = ErrorCode.SEQUENCE_GAP, f"FIN announces {fin.batches} batches, {last} stored"
+            code = ErrorCode.BETS_MISMATCH
+            reason = f"FIN chain is {fin.chain:08x}, the stored bets' is {state.chain:08x}"
         log.warning(
-            "action: fin | result: fail | agency: %d | batches: %d | code: %s | reason: %s",
+            "action: fin | result: fail | agency: %d | bets: %d | code: %s | reason: %s",
             fin.agency,
-            fin.batches,
+            fin.bets,
             code.name,
             reason,
         )
@@ -428,35 +472,38 @@ class Worker:
         for conn, _ in pending:
             conn.pending = 0
         try:
-            outcomes = self.storage.store_batches([bet for _, bet in pending])
+            verdicts = self.storage.store_batches([bet for _, bet in pending])
         except WriteFailed as err:
-            self._storage_failed([(conn, bet.seq) for conn, bet in pending], err)
+            self._storage_failed([(conn, bet.first) for conn, bet in pending], err)
             return
         debug = log.isEnabledFor(logging.DEBUG)
-        for (conn, bet), outcome in zip(pending, outcomes):
-            if outcome is Outcome.STORED:
-                log.info(
-                    "action: apuesta_recibida | result: success | cantidad: %d | agency: %d | seq: %d",
-                    bet.count,
-                    bet.agency,
-                    bet.seq,
-                )
-                if debug:
-                    self._log_each_bet(bet)
-                self._reply(conn, protocol.Ack(bet.agency, bet.seq))
-            elif outcome is Outcome.DUPLICATE:
-                log.info("action: batch_duplicate | result: success | agency: %d | seq: %d", bet.agency, bet.seq)
-                self._reply(conn, protocol.Ack(bet.agency, bet.seq))
-            else:
-                code, why = _OUTCOME_ERRORS[outcome]
-                err = ProtocolError(code, f"batch {bet.seq} of agency {bet.agency}: {why}", bet.seq)
-                self._log_refused_batch(protocol.BET_HEAD.pack(bet.agency, bet.seq, bet.count), err)
-                self._reply(conn, protocol.Error(code, bet.seq, err.reason))
+        for (conn, bet), verdict in zip(pending, verdicts):
+            self._answer_batch(conn, bet, verdict, debug)
+
+    def _answer_batch(self, conn: Connection, bet: protocol.Bet, verdict: Verdict, debug: bool) -> None:
+        if verdict.outcome is Outcome.STORED:
+            log.info(
+                "action: apuesta_recibida | result: success | cantidad: %d | agency: %d | seq: %d",
+                bet.count,
+                bet.agency,
+                bet.first,
+            )
+            if debug:
+                self._log_each_bet(bet)
+            self._reply(conn, protocol.Ack(bet.agency, bet.last))
+        elif verdict.outcome is Outcome.DUPLICATE:
+            log.info("action: batch_duplicate | result: success | agency: %d | seq: %d", bet.agency, bet.first)
+            self._reply(conn, protocol.Ack(bet.agency, bet.last))
+        else:
+            err = _refusal(verdict.outcome, bet, verdict.state)
+            self._log_refused_batch(protocol.BET_HEAD.pack(bet.agency, bet.first, bet.count, bet.chain), err)
+            self._reply(conn, protocol.Error(err.code, err.position, err.reason))
 
     @staticmethod
     def _log_each_bet(bet: protocol.Bet) -> None:
         # Split on the protocol's own line end only: str.splitlines() would also split a name at
-        # U+2028 or U+0085, which are valid in a name. The document and number are the last fields.
+        # U+2028, which is valid in a name. Names may be quoted and hold commas; the document and
+        # the number never do, so they are found from the end.
         for line in bet.bets[:-1].split(b"\n"):
             _, document, _, number = line.rsplit(b",", 3)
             log.debug(
@@ -467,11 +514,11 @@ class Worker:
 
     def _storage_failed(self, requests: list[tuple[Connection, int]], err: Exception) -> None:
         """An append failed and was undone: each request gets INTERNAL_ERROR (with its batch's
-        seq) and its connection is closed; the agency comes back and resends."""
+        first position) and its connection is closed; the agency comes back and resends."""
         log.error("action: storage_write | result: fail | worker: %d | error: %s", self.index, err)
-        for conn, seq in requests:
+        for conn, position in requests:
             if conn.open and conn.closing_since is None:
-                self._reply(conn, protocol.Error(ErrorCode.INTERNAL_ERROR, seq, "storage failure"))
+                self._reply(conn, protocol.Error(ErrorCode.INTERNAL_ERROR, position, "storage failure"))
         for conn, _ in requests:
             self._start_closing(conn)
 

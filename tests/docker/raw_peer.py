@@ -3,12 +3,19 @@
     python3 raw_peer.py HOST PORT SCENARIO [AGENCY]
 
 Scenarios (each prints one `ok ...` line per check and exits 0, or prints the failure and exits 1):
-  agency    plays a whole agency session by hand: a batch written one byte at a time (the server
-            must cope with short reads), the largest possible batch (8192-byte frame), FIN, and
-            the winners query, whose answer it prints as `winners: N`.
-  attacks   bad input: an oversized length, a 4 GiB length, a bad version, an unknown type, an
-            invalid bet, a FIN from an unknown agency, a frame cut short; each must get its error
-            code (or a close) without disturbing the real agencies running beside it.
+  agency    plays a whole agency session by hand (protocol version 2): HELLO (nothing may be
+            stored yet), a batch written one byte at a time (the server must cope with short
+            reads) holding a name that needs quoting, the largest possible batch (8192-byte
+            frame), a reconnection whose HELLO must say exactly what is stored (count and chain),
+            a resend of the last batch, FIN, and the winners query, whose answer it prints as
+            `winners: N DOCUMENTS`.
+  attacks   bad input: an oversized length, a 4 GiB length, a bad version, a version 1 frame, an
+            unknown type, an invalid bet, needless quotes, a FIN and a HELLO from an unknown
+            agency, a batch with another chain, a gap, a FIN with the wrong count, a frame cut
+            short; each must get its error code (or a close) and store nothing, without disturbing
+            the real agencies running beside it. The batches and the FIN target agency 3, the
+            hand-made one, before it has stored anything (the `agency` scenario then checks
+            that nothing was).
 It imports the server's protocol module, mounted at /server.
 """
 
@@ -49,7 +56,7 @@ def check(condition: bool, what: str) -> None:
     print(f"ok {what}", flush=True)
 
 
-def largest_batch(agency: int, seq: int) -> protocol.Bet:
+def largest_batch(agency: int, first: int, chain: int) -> protocol.Bet:
     lines = []
     used = 0
     n = 0
@@ -62,24 +69,42 @@ def largest_batch(agency: int, seq: int) -> protocol.Bet:
         n += 1
     padding = protocol.MAX_BETS_BYTES - used  # lengthen the last surname to fill the frame exactly
     lines[-1] = lines[-1].replace(b"Pe\xc3\xb1a", b"Pe\xc3\xb1a" + b"z" * padding, 1)
-    return protocol.Bet(agency, seq, len(lines), b"".join(lines))
+    return protocol.Bet(agency, first, len(lines), chain, b"".join(lines))
+
+
+def hello(sock: socket.socket, agency: int) -> protocol.Message:
+    sock.sendall(protocol.encode(protocol.Hello(agency)))
+    return receive(sock)
 
 
 def agency_session(host: str, port: int, agency: int) -> None:
     sock = connect(host, port)
-    first = protocol.encode(protocol.Bet(agency, 1, 2, "Íñigo,Ñúñez,39000001,1990-01-01,7574\n"
-                                                     "Zoe,Paz,39000002,2000-02-29,1\n".encode()))
-    for i in range(len(first)):
-        sock.sendall(first[i : i + 1])
+    check(hello(sock, agency) == protocol.Resume(agency, 0, 0, False), "HELLO answered: nothing stored yet")
+    bets = protocol.bet_lines([("Íñigo, hijo", "Ñúñez", "39000001", "1990-01-01", "7574"),
+                               ('Zoe "la Tana"', "O'Paz", "39000002", "2000-02-29", "1")])
+    check(bets.startswith('"Íñigo, hijo",Ñúñez,'.encode()), "a name with a comma is quoted")
+    first = protocol.Bet(agency, 1, 2, 0, bets)
+    frame = protocol.encode(first)
+    for i in range(len(frame)):
+        sock.sendall(frame[i : i + 1])
         time.sleep(0.001)
-    check(receive(sock) == protocol.Ack(agency, 1), "one byte at a time: batch 1 acknowledged")
-    largest = largest_batch(agency, 2)
+    check(receive(sock) == protocol.Ack(agency, 2), "one byte at a time: batch 1 acknowledged")
+    largest = largest_batch(agency, first.last + 1, first.chain_after)
     frame = protocol.encode(largest)
     check(len(frame) == protocol.MAX_FRAME, f"largest batch is {len(frame)} bytes, {largest.count} bets")
     sock.sendall(frame)
-    check(receive(sock) == protocol.Ack(agency, 2), "largest batch acknowledged")
-    sock.sendall(protocol.encode(protocol.Fin(agency, 2)))
+    check(receive(sock) == protocol.Ack(agency, largest.last), "largest batch acknowledged")
+    sock.close()
+
+    sock = connect(host, port)  # a reconnection: the central says what it holds
+    stored = protocol.chain(largest.bets, protocol.chain(bets))
+    check(hello(sock, agency) == protocol.Resume(agency, largest.last, stored, False),
+          f"HELLO after reconnecting: {largest.last} bets stored, chain {stored:08x}")
+    sock.sendall(protocol.encode(largest))
+    check(receive(sock) == protocol.Ack(agency, largest.last), "a resend of the last batch acknowledged")
+    sock.sendall(protocol.encode(protocol.Fin(agency, largest.last, stored)))
     check(receive(sock) == protocol.FinAck(agency), "FIN acknowledged")
+    check(hello(sock, agency) == protocol.Resume(agency, largest.last, stored, True), "HELLO after FIN: finished")
     sock.sendall(protocol.encode(protocol.WinnersQuery(agency)))
     documents: list[str] = []
     while True:
@@ -92,27 +117,42 @@ def agency_session(host: str, port: int, agency: int) -> None:
     sock.close()
 
 
-def expect_error(host: str, port: int, raw: bytes, code: ErrorCode, closes: bool) -> None:
+def expect_error(host: str, port: int, raw: bytes, code: ErrorCode, closes: bool, what: str = "") -> protocol.Error:
     sock = connect(host, port)
     sock.sendall(raw)
     reply = receive(sock)
-    check(isinstance(reply, protocol.Error) and reply.code is code, f"{code.name} answered")
+    check(isinstance(reply, protocol.Error) and reply.code is code, f"{code.name} answered{what}")
     if closes:
         check(sock.recv(1) == b"", f"{code.name} closes the connection")
     sock.close()
+    return reply
 
 
 def attacks(host: str, port: int) -> None:
-    oversized = bytes.fromhex("01020000") + (protocol.MAX_PAYLOAD + 1).to_bytes(2, "big")
+    target = 3  # the hand-made agency: nothing of it is stored until the `agency` scenario runs
+    oversized = bytes.fromhex("02020000") + (protocol.MAX_PAYLOAD + 1).to_bytes(2, "big")
     expect_error(host, port, oversized + b"x" * 100, ErrorCode.FRAME_TOO_LARGE, True)
-    expect_error(host, port, bytes.fromhex("0101ffffffff"), ErrorCode.FRAME_TOO_LARGE, True)
+    expect_error(host, port, bytes.fromhex("0201ffffffff"), ErrorCode.FRAME_TOO_LARGE, True)
     expect_error(host, port, bytes.fromhex("070100000000"), ErrorCode.UNSUPPORTED_VERSION, True)
-    expect_error(host, port, bytes.fromhex("01ee00000001ff"), ErrorCode.UNKNOWN_TYPE, False)
-    bad_bet = protocol.Bet(1, 1, 1, b"Ana,Lopez,12a,1990-01-01,1\n")
+    version_1_hello = bytes.fromhex("010900000004") + target.to_bytes(4, "big")
+    expect_error(host, port, version_1_hello, ErrorCode.UNSUPPORTED_VERSION, True, " to a version 1 frame")
+    expect_error(host, port, bytes.fromhex("02ee00000001ff"), ErrorCode.UNKNOWN_TYPE, False)
+    bad_bet = protocol.Bet(target, 1, 1, 0, b"Ana,Lopez,12a,1990-01-01,1\n")
     expect_error(host, port, protocol.encode(bad_bet), ErrorCode.INVALID_BET, False)
-    expect_error(host, port, protocol.encode(protocol.Fin(999, 0)), ErrorCode.UNKNOWN_AGENCY, False)
+    quoted = protocol.Bet(target, 1, 1, 0, b'"Ana",Lopez,12,1990-01-01,1\n')
+    expect_error(host, port, protocol.encode(quoted), ErrorCode.INVALID_BET, False, " to needless quotes")
+    expect_error(host, port, protocol.encode(protocol.Fin(999, 0, 0)), ErrorCode.UNKNOWN_AGENCY, False)
+    expect_error(host, port, protocol.encode(protocol.Hello(999)), ErrorCode.UNKNOWN_AGENCY, False, " to HELLO")
+    line = b"Ana,Lopez,1,1990-01-01,1\n"
+    mismatch = expect_error(host, port, protocol.encode(protocol.Bet(target, 1, 1, 0xDEADBEEF, line)),
+                            ErrorCode.BETS_MISMATCH, False)
+    check("deadbeef" in mismatch.reason and "00000000" in mismatch.reason,
+          f"BETS_MISMATCH names both checksums: {mismatch.reason}")
+    expect_error(host, port, protocol.encode(protocol.Bet(target, 5, 1, 0, line)), ErrorCode.SEQUENCE_GAP, False)
+    expect_error(host, port, protocol.encode(protocol.Fin(target, 7, 0)), ErrorCode.SEQUENCE_GAP, False,
+                 " to a FIN announcing unstored bets")
     sock = connect(host, port)
-    sock.sendall(protocol.encode(protocol.Bet(2, 1, 1, b"Ana,Lopez,1,1990-01-01,1\n"))[:15])
+    sock.sendall(protocol.encode(protocol.Bet(2, 1, 1, 0, line))[:15])
     sock.shutdown(socket.SHUT_WR)  # cut short: nothing of it may be stored or answered
     check(sock.recv(1) == b"", "a truncated frame is closed without an answer")
     sock.close()

@@ -202,7 +202,9 @@ def test_docker_stop_of_everything_at_once(compose) -> None:
 
 
 def test_hand_made_agency_and_bad_input_beside_real_agencies(compose) -> None:
-    """Agency 3 is played by raw_peer.py: a batch sent one byte at a time and the largest batch."""
+    """Agency 3 is played by raw_peer.py: HELLO, a batch sent one byte at a time, the largest batch, a
+    reconnection whose RESUME states what is stored, a resend of the last batch; the attacks
+    before it (agency 3's batches and FIN among them) store nothing."""
 
     def three_agencies_two_real(spec: dict) -> None:
         spec["services"]["server"]["environment"] = ["AGENCIES=3"]
@@ -211,10 +213,14 @@ def test_hand_made_agency_and_bad_input_beside_real_agencies(compose) -> None:
     project("up", "-d", timeout=300)
     attack = project.raw_peer("attacks")
     assert attack.returncode == 0, attack.stdout + attack.stderr
-    assert attack.stdout.count("ok ") >= 8
+    assert attack.stdout.count("ok ") >= 18, attack.stdout
+    assert "ok BETS_MISMATCH names both checksums" in attack.stdout
     manual = project.raw_peer("agency", "3")
     assert manual.returncode == 0, manual.stdout + manual.stderr
-    assert "ok one byte at a time: batch 1 acknowledged" in manual.stdout
+    for line in ("ok HELLO answered: nothing stored yet", "ok one byte at a time: batch 1 acknowledged",
+                 "ok a resend of the last batch acknowledged", "ok HELLO after FIN: finished"):
+        assert line in manual.stdout, manual.stdout
+    assert re.search(r"^ok HELLO after reconnecting: \d+ bets stored, chain [0-9a-f]{8}$", manual.stdout, re.M)
     largest = re.search(r"ok largest batch is 8192 bytes, (\d+) bets", manual.stdout)
     assert largest, manual.stdout
     # Agency 3's winners: the first bet of each of its two batches has 7574, and only those.
@@ -223,13 +229,15 @@ def test_hand_made_agency_and_bad_input_beside_real_agencies(compose) -> None:
         assert project.wait_exit(client) == 0, project.logs(client)[-3000:]
         assert f"cant_ganadores: {DEFAULT_WINNERS[agency]}" in project.logs(client)
     server_log = project.logs("server")
-    for code in ("FRAME_TOO_LARGE", "UNSUPPORTED_VERSION", "UNKNOWN_TYPE", "INVALID_BET", "UNKNOWN_AGENCY"):
+    for code in ("FRAME_TOO_LARGE", "UNSUPPORTED_VERSION", "UNKNOWN_TYPE", "INVALID_BET", "UNKNOWN_AGENCY",
+                 "BETS_MISMATCH", "SEQUENCE_GAP"):
         assert re.search(rf"result: fail \|.*code: {code}", server_log), code
     assert "truncated frame" in server_log
     assert "action: apuesta_recibida | result: fail | cantidad: 1" in server_log
     rows = run("docker", "exec", "server", "python3", "-c",
                "print(sum(1 for _ in open('/storage/bets.csv', 'rb')))").stdout.strip()
     assert int(rows) == 2 * 16_000 + 2 + int(largest.group(1))  # the attacks stored nothing
+    assert re.search(r"action: fin \| result: success \| agency: 3 \| bets: \d+", server_log)
 
 
 def test_a_failed_fsync_stops_the_server_and_compose_restarts_it(compose) -> None:
@@ -259,3 +267,30 @@ def test_a_failed_fsync_stops_the_server_and_compose_restarts_it(compose) -> Non
                     "import csv; rows = list(csv.reader(open('/storage/bets.csv', encoding='utf-8')));"
                     "print(len(rows), len({r[3] for r in rows}))").stdout.split()
     assert documents == ["32000", "32000"]
+
+
+def test_agencies_killed_mid_run_and_restarted_store_every_bet_once(compose) -> None:
+    """docker kill (SIGKILL) of two agencies mid-run: client1 is started again as it was,
+    client2 is recreated with another batch size. Each resumes after what the server stores."""
+    project = compose(2, slow_clients)
+    project("up", "-d", timeout=300)
+    project.wait_log("server", r"apuesta_recibida \| result: success \| cantidad: \d+ \| agency: 1 ", count=30)
+    project.wait_log("server", r"apuesta_recibida \| result: success \| cantidad: \d+ \| agency: 2 ", count=30)
+    run("docker", "kill", "client1", "client2")
+    run("docker", "start", "client1")  # the same container: the same batch size
+
+    spec = yaml.safe_load(COMPOSE_FILE.read_text())
+    env = spec["services"]["client2"]["environment"]
+    spec["services"]["client2"]["environment"] = [e for e in env if not e.startswith("CLI_BATCH_MAXAMOUNT=")] + [
+        "CLI_BATCH_MAXAMOUNT=37"]
+    COMPOSE_FILE.write_text(yaml.safe_dump(spec, sort_keys=False))
+    project("up", "-d", "--no-deps", "client2", timeout=120)  # recreated with another batch size
+    for agency, client in enumerate(project.clients, start=1):
+        assert project.wait_exit(client) == 0, project.logs(client)[-3000:]
+        log = project.logs(client)
+        assert re.search(r"action: verificar_apuestas \| result: success \| stored: [1-9]", log), log[-2000:]
+        assert f"cant_ganadores: {DEFAULT_WINNERS[agency]}" in log
+    counts = run("docker", "exec", "server", "python3", "-c",
+                 "import csv, collections; rows = list(csv.reader(open('/storage/bets.csv', encoding='utf-8')));"
+                 "print(len(rows), len({(r[0], r[3]) for r in rows}))").stdout.split()
+    assert counts == ["32000", "32000"]

@@ -1,6 +1,11 @@
-// Package agency owns one agency's session with the central server: it streams the bets file
-// in pipelined BET batches over one TCP connection, reconnects with bounded exponential
-// backoff and resends what was not acknowledged, then sends FIN and asks for its winners.
+// Package agency owns one agency's session with the central server. On every connection it
+// says HELLO and brings itself in line with the RESUME answer: the first time, it checks that
+// the bets the central stores for it are the first bets of its file (their checksum chain) and
+// skips them; on a reconnection, it drops the batches in flight that the central stored
+// without acknowledging them. It then streams the rest of the file in pipelined BET batches,
+// reconnecting with bounded exponential backoff and resending what was not stored, sends FIN
+// and asks for its winners. Bets are numbered by their position among the file's valid bets,
+// so every bet is stored exactly once however the batches are cut, from one run to the next.
 //
 // Every blocking call honours the context: the dial uses DialContext, the connection is closed
 // by context.AfterFunc when the context is cancelled (interrupting a blocked read or write at
@@ -13,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -31,14 +37,19 @@ var ErrStopped = errors.New("agency: stopped")
 // batch not in flight, a message of the wrong type or agency, an undecodable frame).
 var ErrProtocol = errors.New("protocol violation")
 
+// ErrBetsMismatch marks a RESUME that does not match the bets file: the bets stored for the
+// agency are not the file's (it changed, or another program claims the agency). Nothing more
+// is sent.
+var ErrBetsMismatch = errors.New("the bets file differs from the bets stored for this agency")
+
 // RefusedError is an ERROR answer that resending cannot fix (every code but DUPLICATE_FIN,
-// IDLE_TIMEOUT and SHUTTING_DOWN): the run stops with it.
+// IDLE_TIMEOUT, SHUTTING_DOWN and INTERNAL_ERROR): the run stops with it.
 type RefusedError struct {
 	Answer protocol.Error
 }
 
 func (e *RefusedError) Error() string {
-	return fmt.Sprintf("server refused: code %s, seq %d, reason %q", e.Answer.Code, e.Answer.Seq, e.Answer.Reason)
+	return fmt.Sprintf("server refused: code %s, position %d, reason %q", e.Answer.Code, e.Answer.Position, e.Answer.Reason)
 }
 
 // connError is a broken connection (dial, read or write failure, EOF, timeout, or an ERROR
@@ -54,8 +65,8 @@ func broken(format string, args ...any) error {
 
 // runStats sums up a run for its log lines.
 type runStats struct {
-	bets        int      // valid bets sent (and acknowledged, once Run succeeds)
-	batches     uint32   // batches sent: the last seq, announced by FIN
+	bets        int      // valid bets sent in this run, each counted once however often resent
+	batches     int      // batches sent in this run, each counted once
 	invalidRows int      // rows of the file skipped as invalid
 	winners     []string // the agency's winning documents
 }
@@ -68,18 +79,22 @@ type Agency struct {
 
 	file    *os.File
 	reader  *bets.Reader
-	builder *bets.Builder
+	builder *bets.Builder // set once the first RESUME is verified
 
 	conn     net.Conn
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	stopConn func() bool
 
-	unacked  []*bets.Batch // in flight, oldest first; at most cfg.BatchWindow
-	eof      bool          // the whole file has been read into batches
-	sendDone bool          // every batch acknowledged
-	finDone  bool
-	failures int // consecutive failures since the last good answer
+	verified    bool          // the first RESUME was checked against the file
+	acked       uint32        // the agency's bets 1..acked are stored (RESUME or ACK)
+	ackedChain  uint32        // their chain
+	unacked     []*bets.Batch // in flight, oldest first; at most cfg.BatchWindow
+	eof         bool          // the whole file has been read into batches
+	sendDone    bool          // every batch acknowledged
+	finRecorded bool          // the last RESUME says the FIN is recorded: none to send
+	finDone     bool
+	failures    int // consecutive failures since the last good answer
 
 	stats runStats
 }
@@ -92,12 +107,11 @@ func New(cfg config.Config, log *logs.Logger) (*Agency, error) {
 	}
 	d := &net.Dialer{Timeout: cfg.IOTimeout, KeepAlive: 30 * time.Second}
 	return &Agency{
-		cfg:     cfg,
-		log:     log,
-		dial:    d.DialContext,
-		file:    f,
-		reader:  bets.NewReader(f),
-		builder: bets.NewBuilder(cfg.ID, cfg.BatchMaxAmount),
+		cfg:    cfg,
+		log:    log,
+		dial:   d.DialContext,
+		file:   f,
+		reader: bets.NewReader(f),
 	}, nil
 }
 
@@ -117,8 +131,9 @@ func (a *Agency) Close() {
 	}
 }
 
-// Run sends every bet, the FIN and the winners query, reconnecting as needed. It returns nil
-// once the winners are known, ErrStopped if ctx was cancelled, or the error that ended it.
+// Run sends every bet the central does not hold yet, the FIN and the winners query,
+// reconnecting as needed. It returns nil once the winners are known, ErrStopped if ctx was
+// cancelled, or the error that ended it.
 func (a *Agency) Run(ctx context.Context) error {
 	for {
 		err := a.attempt(ctx)
@@ -195,7 +210,7 @@ func (a *Agency) attempt(ctx context.Context) error {
 		a.bw = bufio.NewWriterSize(conn, 4*protocol.MaxFrame)
 		a.stopConn = context.AfterFunc(ctx, func() { _ = conn.Close() })
 		a.log.Info("connect", logs.Success, "server_address", a.cfg.ServerAddress)
-		if err := a.resend(); err != nil {
+		if err := a.hello(); err != nil {
 			return err
 		}
 	}
@@ -208,11 +223,15 @@ func (a *Agency) attempt(ctx context.Context) error {
 			"batches", a.stats.batches, "invalid_rows", a.stats.invalidRows)
 	}
 	if !a.finDone {
-		if err := a.fin(); err != nil {
-			return err
+		if a.finRecorded {
+			a.log.Info("fin", logs.Success, "batches", a.stats.batches, "detail", "already recorded")
+		} else {
+			if err := a.fin(); err != nil {
+				return err
+			}
+			a.log.Info("fin", logs.Success, "batches", a.stats.batches)
 		}
 		a.finDone = true
-		a.log.Info("fin", logs.Success, "batches", a.stats.batches)
 	}
 	docs, err := a.winners()
 	if err != nil {
@@ -223,6 +242,200 @@ func (a *Agency) attempt(ctx context.Context) error {
 	return nil
 }
 
+// hello says HELLO on a fresh connection, reads the RESUME answer, brings the session in line
+// with it (verify the first time, resync afterwards) and resends the batches still in flight.
+func (a *Agency) hello() error {
+	a.writeDeadline()
+	if err := protocol.Send(a.bw, protocol.Hello{Agency: a.cfg.ID}); err != nil {
+		return broken("send HELLO: %w", err)
+	}
+	m, err := a.read(a.cfg.IOTimeout)
+	if err != nil {
+		return err
+	}
+	r, ok := m.(protocol.Resume)
+	if !ok {
+		return fmt.Errorf("%w: got %s while waiting for RESUME", ErrProtocol, describe(m))
+	}
+	if r.Agency != a.cfg.ID {
+		return fmt.Errorf("%w: RESUME for agency %d", ErrProtocol, r.Agency)
+	}
+	if !a.verified {
+		err = a.verify(r)
+	} else {
+		err = a.resync(r)
+	}
+	if err != nil {
+		return err
+	}
+	if !a.finDone {
+		a.finRecorded = r.Finished
+	}
+	return a.resend()
+}
+
+// verify runs at the first RESUME of a run, before any bet is sent: the file's first
+// r.Stored bets must be the ones the central stores (same number, same chain). It skips them
+// and numbers the next bets from r.Stored+1, however this run cuts its batches. With the FIN
+// recorded, the file must hold no bet after them.
+func (a *Agency) verify(r protocol.Resume) error {
+	n, chain, err := skipBets(a.reader, r.Stored, 0, a.invalidRow)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", a.cfg.DataPath, err)
+	}
+	if n < r.Stored || chain != r.Chain {
+		return a.mismatch(r, chain, a.reasonDiffers())
+	}
+	if r.Finished {
+		more, all, err := skipBets(a.reader, math.MaxUint32, chain, a.invalidRow)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", a.cfg.DataPath, err)
+		}
+		if more > 0 {
+			return a.mismatch(r, all, a.reasonAfterFin())
+		}
+		a.eof = true
+	}
+	a.verified = true
+	a.acked, a.ackedChain = r.Stored, r.Chain
+	a.builder = bets.NewBuilder(a.cfg.ID, a.cfg.BatchMaxAmount, r.Stored, r.Chain)
+	if r.Stored > 0 {
+		a.log.Info("verificar_apuestas", logs.Success, "stored", r.Stored)
+	}
+	return nil
+}
+
+// resync runs at the RESUME of a reconnection. The central stores either exactly the
+// acknowledged bets, and every batch in flight is resent, or also some of the batches in
+// flight whose ACK was lost: RESUME then ends on one of them, with its chain, and those up to
+// it are dropped. Anything else (fewer bets than acknowledged, a position inside a batch,
+// another chain) means the stored bets are not this run's.
+func (a *Agency) resync(r protocol.Resume) error {
+	covered := -1 // how many batches in flight the central stores
+	if r.Stored == a.acked && r.Chain == a.ackedChain {
+		covered = 0
+	}
+	for i, bt := range a.unacked {
+		if bt.Last() == r.Stored && bt.ChainAfter == r.Chain {
+			covered = i + 1
+		}
+	}
+	if covered < 0 {
+		chain, err := a.fileChain(r.Stored)
+		if err != nil {
+			return err
+		}
+		return a.mismatch(r, chain, a.reasonDiffers())
+	}
+	if covered > 0 {
+		for _, bt := range a.unacked[:covered] {
+			a.builder.Recycle(bt)
+		}
+		clear(a.unacked[:covered])
+		a.unacked = a.unacked[covered:]
+		a.acked, a.ackedChain = r.Stored, r.Chain
+		a.failures = 0 // stored bets are progress, acknowledged or not
+	}
+	if r.Finished && !a.finDone {
+		// This run sends its FIN only once all its bets are stored: with bets still to store,
+		// the recorded FIN is not this run's.
+		if len(a.unacked) == 0 && !a.eof {
+			bt, err := a.nextBatch()
+			if err != nil {
+				return err
+			}
+			if bt != nil {
+				a.unacked = append(a.unacked, bt)
+			}
+		}
+		if len(a.unacked) > 0 {
+			chain, err := a.fileChain(math.MaxUint32)
+			if err != nil {
+				return err
+			}
+			return a.mismatch(r, chain, a.reasonAfterFin())
+		}
+	}
+	return nil
+}
+
+func (a *Agency) reasonDiffers() string {
+	return fmt.Sprintf("the bets file differs from the bets stored for this agency (changed, or another program claims agency %d)", a.cfg.ID)
+}
+
+func (a *Agency) reasonAfterFin() string {
+	return fmt.Sprintf("the bets file holds bets after the ones stored with this agency's FIN, and bets after the recorded FIN cannot be stored (changed, or another program claims agency %d)", a.cfg.ID)
+}
+
+// mismatch logs why the bets file does not match what the central stores and returns the
+// error that ends the run. fileChain is the chain of the file's bets that should be the stored
+// ones: its first r.Stored (all of them if it holds fewer), or all of them after a FIN.
+func (a *Agency) mismatch(r protocol.Resume, fileChain uint32, reason string) error {
+	a.log.Error("verificar_apuestas", logs.Fail, "stored", r.Stored, "chain", fmt.Sprintf("%08x", r.Chain),
+		"file_chain", fmt.Sprintf("%08x", fileChain), "reason", reason)
+	return fmt.Errorf("%w: stored %d bets with chain %08x, the file's chain is %08x", ErrBetsMismatch, r.Stored, r.Chain, fileChain)
+}
+
+// fileChain is the chain of the file's first n valid bets (of all of them if it holds fewer),
+// read again from the start: a reconnection's check runs past them.
+func (a *Agency) fileChain(n uint32) (uint32, error) {
+	f, err := os.Open(a.cfg.DataPath)
+	if err != nil {
+		return 0, fmt.Errorf("data.path: %w", err)
+	}
+	defer f.Close()
+	_, chain, err := skipBets(bets.NewReader(f), n, 0, func(*bets.RowError) {})
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", a.cfg.DataPath, err)
+	}
+	return chain, nil
+}
+
+// skipBets reads up to n valid bets from r, passing each invalid row on the way to invalid,
+// and returns how many it read and their chain continued from chain.
+func skipBets(r *bets.Reader, n, chain uint32, invalid func(*bets.RowError)) (uint32, uint32, error) {
+	var read uint32
+	for read < n {
+		line, err := nextBet(r, invalid)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return read, chain, err
+		}
+		read++
+		chain = protocol.Chain(chain, line)
+	}
+	return read, chain, nil
+}
+
+// nextBet returns r's next valid bet line, passing each invalid row on the way to invalid;
+// io.EOF at the end of the file.
+func nextBet(r *bets.Reader, invalid func(*bets.RowError)) ([]byte, error) {
+	for {
+		line, err := r.Next()
+		if err == nil {
+			return line, nil
+		}
+		// Declared here, on the error path only: errors.As makes it escape to the heap.
+		var rowErr *bets.RowError
+		switch {
+		case errors.As(err, &rowErr):
+			invalid(rowErr)
+		case errors.Is(err, io.EOF):
+			return nil, io.EOF
+		default:
+			return nil, err
+		}
+	}
+}
+
+// invalidRow logs and counts an invalid row of the file.
+func (a *Agency) invalidRow(e *bets.RowError) {
+	a.stats.invalidRows++
+	a.log.Warning("leer_apuesta", logs.Fail, "line", e.Line, "reason", e.Reason)
+}
+
 // resend writes every unacknowledged batch again, in order, on a fresh connection.
 func (a *Agency) resend() error {
 	if len(a.unacked) == 0 {
@@ -231,7 +444,7 @@ func (a *Agency) resend() error {
 	a.writeDeadline()
 	for _, bt := range a.unacked {
 		if _, err := a.bw.Write(bt.Frame); err != nil {
-			return broken("resend batch %d: %w", bt.Seq, err)
+			return broken("resend batch of bets %d..%d: %w", bt.First, bt.Last(), err)
 		}
 	}
 	return a.flush()
@@ -266,9 +479,10 @@ func (a *Agency) sendBets() error {
 				wrote = true
 			}
 			a.unacked = append(a.unacked, bt)
-			a.stats.batches = bt.Seq
+			a.stats.batches++
+			a.stats.bets += bt.Count
 			if _, err := a.bw.Write(bt.Frame); err != nil {
-				return broken("send batch %d: %w", bt.Seq, err)
+				return broken("send batch of bets %d..%d: %w", bt.First, bt.Last(), err)
 			}
 			if a.log.Enabled(logs.Debug) {
 				bt.EachBet(func(f protocol.BetFields) {
@@ -294,28 +508,28 @@ func (a *Agency) sendBets() error {
 // no bet is pending. Invalid rows are logged and skipped.
 func (a *Agency) nextBatch() (*bets.Batch, error) {
 	for {
-		line, err := a.reader.Next()
-		var rowErr *bets.RowError
-		switch {
-		case err == nil:
-			a.stats.bets++
-			if full := a.builder.Add(line); full != nil {
-				return full, nil
-			}
-		case errors.As(err, &rowErr):
-			a.stats.invalidRows++
-			a.log.Warning("leer_apuesta", logs.Fail, "line", rowErr.Line, "reason", rowErr.Reason)
-		case errors.Is(err, io.EOF):
+		line, err := nextBet(a.reader, a.invalidRow)
+		if errors.Is(err, io.EOF) {
 			a.eof = true
 			return a.builder.Flush(), nil
-		default:
+		}
+		var full *bets.Batch
+		if err == nil {
+			full, err = a.builder.Add(line)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", a.cfg.DataPath, err)
+		}
+		if full != nil {
+			return full, nil
 		}
 	}
 }
 
 // read reads one frame with a deadline of d. Framing violations are fatal; I/O errors and
-// ERROR IDLE_TIMEOUT / SHUTTING_DOWN are broken connections; other ERRORs are refusals.
+// ERROR IDLE_TIMEOUT / SHUTTING_DOWN / INTERNAL_ERROR are broken connections (the central
+// closes the connection after them, and resending may succeed later); other ERRORs are
+// refusals.
 func (a *Agency) read(d time.Duration) (protocol.Message, error) {
 	_ = a.conn.SetReadDeadline(time.Now().Add(d))
 	m, err := protocol.ReadFrame(a.br)
@@ -327,7 +541,7 @@ func (a *Agency) read(d time.Duration) (protocol.Message, error) {
 	}
 	if e, ok := m.(protocol.Error); ok {
 		switch e.Code {
-		case protocol.CodeIdleTimeout, protocol.CodeShuttingDown:
+		case protocol.CodeIdleTimeout, protocol.CodeShuttingDown, protocol.CodeInternalError:
 			return nil, broken("server closed the session: %s: %s", e.Code, e.Reason)
 		case protocol.CodeDuplicateFin:
 			return m, nil // the caller decides
@@ -342,18 +556,21 @@ func (a *Agency) readAck() error {
 	if err != nil {
 		return err
 	}
+	oldest := a.unacked[0]
 	ack, ok := m.(protocol.Ack)
 	if !ok {
-		return fmt.Errorf("%w: got %s while waiting for ACK of batch %d", ErrProtocol, describe(m), a.unacked[0].Seq)
+		return fmt.Errorf("%w: got %s while waiting for ACK of bets %d..%d", ErrProtocol, describe(m), oldest.First, oldest.Last())
 	}
-	oldest := a.unacked[0]
-	if ack.Agency != a.cfg.ID || ack.Seq != oldest.Seq {
-		return fmt.Errorf("%w: ACK agency %d seq %d, expected agency %d seq %d", ErrProtocol, ack.Agency, ack.Seq, a.cfg.ID, oldest.Seq)
+	if ack.Agency != a.cfg.ID || ack.Stored != oldest.Last() {
+		return fmt.Errorf("%w: ACK agency %d stored %d, expected agency %d stored %d", ErrProtocol, ack.Agency, ack.Stored, a.cfg.ID, oldest.Last())
 	}
+	// seq numbers the batches this run sent, from 1: the oldest in flight is the one answered.
+	seq := a.stats.batches - len(a.unacked) + 1
 	a.unacked[0] = nil
 	a.unacked = a.unacked[1:]
+	a.acked, a.ackedChain = ack.Stored, oldest.ChainAfter
 	a.failures = 0
-	a.log.Debug("batch_ack", logs.Success, "seq", oldest.Seq, "cantidad", oldest.Count)
+	a.log.Debug("batch_ack", logs.Success, "seq", seq, "cantidad", oldest.Count, "stored", ack.Stored)
 	a.builder.Recycle(oldest)
 	return nil
 }
@@ -365,10 +582,11 @@ func describe(m protocol.Message) string {
 	return m.Type().String()
 }
 
-// fin sends FIN and waits for FIN_ACK; DUPLICATE_FIN means an earlier FIN was recorded.
+// fin sends FIN, announcing the agency's bets (all acknowledged: the last position) and their
+// chain, and waits for FIN_ACK; DUPLICATE_FIN means an earlier FIN was recorded.
 func (a *Agency) fin() error {
 	a.writeDeadline()
-	if err := protocol.Send(a.bw, protocol.Fin{Agency: a.cfg.ID, Batches: a.stats.batches}); err != nil {
+	if err := protocol.Send(a.bw, protocol.Fin{Agency: a.cfg.ID, Bets: a.acked, Chain: a.ackedChain}); err != nil {
 		return broken("send FIN: %w", err)
 	}
 	m, err := a.read(a.cfg.IOTimeout)

@@ -1,6 +1,9 @@
-// Tests of the agency session against a small in-test TCP server that speaks the protocol:
-// happy path, pipelining window, dropped connection with resend, DUPLICATE_FIN, fatal refusals,
-// SHUTTING_DOWN during the winners wait, cancellation, and a server that is never up.
+// Tests of the agency session against a small in-test TCP server that speaks protocol
+// version 2 like the central (HELLO / RESUME, positions, chains): happy path, pipelining
+// window, dropped connections with resend, batches stored without ACK dropped on reconnect,
+// resume after a restart with another batch size, a file that does not match what is stored,
+// a recorded FIN, quoted names, DUPLICATE_FIN, transient and fatal answers, SHUTTING_DOWN
+// during the winners wait, cancellation, and a server that is never up.
 
 package agency
 
@@ -25,35 +28,43 @@ import (
 
 const testTimeout = 10 * time.Second
 
-// fakeServer is a minimal central for one agency: idempotent by seq, in-order answers.
+// fakeServer is a minimal central for one agency: it stores bets by position on top of their
+// chain, answers in order, and checks that every connection starts with HELLO.
 type fakeServer struct {
 	t  *testing.T
 	ln net.Listener
 
 	// Behaviour, set before start.
-	dropAfterBets   int             // first connection: close on reading the N-th BET
-	ackBeforeDrop   int             // first connection: ACK only its first K BETs
-	windowCheck     int             // hold ACKs until this many BETs are pending, then check no more arrive
-	betError        *protocol.Error // answer every BET with this ERROR
-	finError        *protocol.Error // answer every FIN with this ERROR
-	alwaysDupFin    bool            // answer every FIN with DUPLICATE_FIN
-	holdWinners     bool            // never answer WINNERS_QUERY
-	shutdownQueries int             // answer the first N WINNERS_QUERY with SHUTTING_DOWN and close
-	badAck          bool            // ACK seq+1 instead of seq
-	winners         []string        // documents to send
-	pageSize        int             // documents per WINNERS page (0: all in one)
-	queried         chan struct{}   // receives on every WINNERS_QUERY
-	firstMsgs       []protocol.Type // type of the first message of each connection
+	dropAfterBets   int                                               // first connection: close on reading the N-th BET
+	ackBeforeDrop   int                                               // first connection: ACK only its first K BETs
+	storeBeforeDrop int                                               // first connection: store the BETs up to this one, acknowledged or not
+	windowCheck     int                                               // hold ACKs until this many BETs are pending, then check no more arrive
+	betError        *protocol.Error                                   // answer every BET with this ERROR
+	internalErrors  int                                               // answer the first N BETs with INTERNAL_ERROR and close
+	finError        *protocol.Error                                   // answer every FIN with this ERROR
+	dropAfterFin    int                                               // record the first N FINs but close instead of answering
+	alwaysDupFin    bool                                              // answer every FIN with DUPLICATE_FIN (and record it)
+	holdWinners     bool                                              // never answer WINNERS_QUERY
+	shutdownQueries int                                               // answer the first N WINNERS_QUERY with SHUTTING_DOWN and close
+	badAck          bool                                              // ACK stored+1 instead of stored
+	resume          func(conn int, r protocol.Resume) protocol.Resume // alters the RESUME answers
+	winners         []string                                          // documents to send
+	pageSize        int                                               // documents per WINNERS page (0: all in one)
+	queried         chan struct{}                                     // receives on every WINNERS_QUERY
 	windowViolation string
 
-	mu         sync.Mutex
-	conns      int
-	stored     map[uint32][]byte
-	lastStored uint32
-	seen       []uint32 // every BET seq received, duplicates included
-	finBatches uint32
-	finCount   int
-	wg         sync.WaitGroup
+	mu        sync.Mutex
+	conns     int
+	types     map[int][]protocol.Type // the messages of each connection, by number from 1
+	stored    []byte                  // the agency's bet lines, in position order
+	count     uint32                  // bets stored
+	chain     uint32                  // their chain
+	lastBatch *protocol.Bet           // the last batch stored, acknowledged again if resent
+	finished  bool
+	received  map[uint32]int // how many BETs carried each position, resends included
+	fin       *protocol.Fin  // the FIN recorded
+	finCount  int
+	wg        sync.WaitGroup
 }
 
 func newFakeServer(t *testing.T) *fakeServer {
@@ -62,10 +73,19 @@ func newFakeServer(t *testing.T) *fakeServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeServer{t: t, ln: ln, stored: map[uint32][]byte{}, queried: make(chan struct{}, 16)}
+	return &fakeServer{t: t, ln: ln, types: map[int][]protocol.Type{}, received: map[uint32]int{},
+		queried: make(chan struct{}, 16)}
 }
 
 func (s *fakeServer) addr() string { return s.ln.Addr().String() }
+
+// preload stores lines (count canonical bet lines) as if an earlier run had sent them.
+func (s *fakeServer) preload(lines []byte, finished bool) {
+	s.stored = append([]byte(nil), lines...)
+	s.count = uint32(bytes.Count(lines, []byte{'\n'}))
+	s.chain = protocol.Chain(0, lines)
+	s.finished = finished
+}
 
 func (s *fakeServer) start() {
 	s.wg.Add(1)
@@ -107,35 +127,59 @@ func (s *fakeServer) serve(c net.Conn, connNo int) {
 	send := func(m protocol.Message) bool { return protocol.Send(bw, m) == nil }
 	betsOnConn := 0
 	var pending []protocol.Bet // BETs read but not answered yet (windowCheck)
-	first := true
 	for {
 		m, err := protocol.ReadFrame(br)
 		if err != nil {
 			return
 		}
-		if first {
-			s.mu.Lock()
-			s.firstMsgs = append(s.firstMsgs, m.Type())
-			s.mu.Unlock()
-			first = false
+		s.mu.Lock()
+		s.types[connNo] = append(s.types[connNo], m.Type())
+		nth := len(s.types[connNo])
+		s.mu.Unlock()
+		if (nth == 1) != (m.Type() == protocol.TypeHello) {
+			s.t.Errorf("connection %d: %s as message %d; HELLO must come first, once", connNo, m.Type(), nth)
+			return
 		}
 		switch v := m.(type) {
+		case protocol.Hello:
+			s.mu.Lock()
+			r := protocol.Resume{Agency: v.Agency, Stored: s.count, Chain: s.chain, Finished: s.finished}
+			s.mu.Unlock()
+			if s.resume != nil {
+				r = s.resume(connNo, r)
+			}
+			if !send(r) {
+				return
+			}
 		case protocol.Bet:
 			betsOnConn++
 			s.mu.Lock()
-			s.seen = append(s.seen, v.Seq)
+			for p := uint64(v.First); p < uint64(v.First)+uint64(v.Count); p++ {
+				s.received[uint32(p)]++
+			}
+			internal := s.internalErrors > 0
+			if internal {
+				s.internalErrors--
+			}
 			s.mu.Unlock()
+			if internal {
+				send(protocol.Error{Code: protocol.CodeInternalError, Position: v.First, Reason: "disk full"})
+				return
+			}
 			if connNo == 1 && s.dropAfterBets > 0 {
 				if betsOnConn == s.dropAfterBets {
 					return
 				}
 				if betsOnConn > s.ackBeforeDrop {
-					continue // read, never answered
+					if betsOnConn <= s.storeBeforeDrop {
+						s.answerBet(v) // stored, the ACK lost
+					}
+					continue
 				}
 			}
 			if s.betError != nil {
 				e := *s.betError
-				e.Seq = v.Seq
+				e.Position = v.First
 				if !send(e) {
 					return
 				}
@@ -163,22 +207,14 @@ func (s *fakeServer) serve(c net.Conn, connNo int) {
 			}
 			pending = pending[:0]
 		case protocol.Fin:
+			ans := s.answerFin(v)
 			s.mu.Lock()
-			s.finCount++
-			var ans protocol.Message
-			switch {
-			case s.finError != nil:
-				ans = *s.finError
-			case s.alwaysDupFin || s.finCount > 1:
-				ans = protocol.Error{Code: protocol.CodeDuplicateFin, Reason: "FIN already recorded"}
-			case v.Batches != s.lastStored:
-				ans = protocol.Error{Code: protocol.CodeSequenceGap, Reason: "missing batches"}
-			default:
-				s.finBatches = v.Batches
-				ans = protocol.FinAck{Agency: v.Agency}
+			drop := s.dropAfterFin > 0
+			if drop {
+				s.dropAfterFin--
 			}
 			s.mu.Unlock()
-			if !send(ans) {
+			if drop || !send(ans) {
 				return
 			}
 		case protocol.WinnersQuery:
@@ -208,22 +244,61 @@ func (s *fakeServer) serve(c net.Conn, connNo int) {
 	}
 }
 
+// answerBet stores a batch as the central does (docs/protocol.md, BET) and returns the answer.
 func (s *fakeServer) answerBet(b protocol.Bet) protocol.Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	refuse := func(code protocol.ErrorCode) protocol.Message {
+		return protocol.Error{Code: code, Position: b.First, Reason: fmt.Sprintf("bets %d..: %s", b.First, code)}
+	}
+	last := b.First + uint32(b.Count) - 1
 	switch {
-	case b.Seq <= s.lastStored:
-	case b.Seq == s.lastStored+1:
-		s.stored[b.Seq] = append([]byte(nil), b.Bets...)
-		s.lastStored = b.Seq
+	case s.finished:
+		return refuse(protocol.CodeAgencyFinished)
+	case b.First == s.count+1 && b.Chain != s.chain:
+		return refuse(protocol.CodeBetsMismatch)
+	case b.First == s.count+1:
+		s.stored = append(s.stored, b.Bets...)
+		s.count, s.chain = last, protocol.Chain(b.Chain, b.Bets)
+		stored := b
+		stored.Bets = append([]byte(nil), b.Bets...)
+		s.lastBatch = &stored
+	case b.First > s.count+1:
+		return refuse(protocol.CodeSequenceGap)
+	case s.lastBatch != nil && b.First == s.lastBatch.First && b.Count == s.lastBatch.Count &&
+		b.Chain == s.lastBatch.Chain && protocol.Chain(b.Chain, b.Bets) == s.chain:
+		// a resend of the last batch stored: acknowledged again
 	default:
-		return protocol.Error{Code: protocol.CodeSequenceGap, Seq: b.Seq}
+		return refuse(protocol.CodeBetsMismatch)
 	}
-	seq := b.Seq
 	if s.badAck {
-		seq++
+		last++
 	}
-	return protocol.Ack{Agency: b.Agency, Seq: seq}
+	return protocol.Ack{Agency: b.Agency, Stored: last}
+}
+
+// answerFin records a FIN as the central does (docs/protocol.md, FIN) and returns the answer.
+func (s *fakeServer) answerFin(f protocol.Fin) protocol.Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.finCount++
+	switch {
+	case s.finError != nil:
+		return *s.finError
+	case s.finished && f.Bets == s.count && f.Chain == s.chain:
+		return protocol.Error{Code: protocol.CodeDuplicateFin, Reason: "FIN already recorded"}
+	case s.finished:
+		return protocol.Error{Code: protocol.CodeAgencyFinished}
+	case f.Bets != s.count:
+		return protocol.Error{Code: protocol.CodeSequenceGap, Reason: "another number of bets"}
+	case f.Chain != s.chain:
+		return protocol.Error{Code: protocol.CodeBetsMismatch, Reason: "another chain"}
+	}
+	s.finished, s.fin = true, &f
+	if s.alwaysDupFin {
+		return protocol.Error{Code: protocol.CodeDuplicateFin, Reason: "FIN already recorded"}
+	}
+	return protocol.FinAck{Agency: f.Agency}
 }
 
 func (s *fakeServer) pages(agency uint32) []protocol.Message {
@@ -243,19 +318,43 @@ func (s *fakeServer) pages(agency uint32) []protocol.Message {
 	}
 }
 
-// allStored returns the bet lines stored, in seq order, and checks there is no gap.
+// allStored returns the bet lines stored, in position order.
 func (s *fakeServer) allStored() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []byte
-	for seq := uint32(1); seq <= s.lastStored; seq++ {
-		b, ok := s.stored[seq]
-		if !ok {
-			s.t.Fatalf("batch %d missing", seq)
+	return append([]byte(nil), s.stored...)
+}
+
+// checkSentOnce checks that the positions from..to were each received in exactly one BET and
+// no other position was received at all.
+func (s *fakeServer) checkSentOnce(t *testing.T, from, to uint32) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p, n := range s.received {
+		if p < from || p > to {
+			t.Fatalf("position %d sent %d times, want never (only %d..%d)", p, n, from, to)
 		}
-		out = append(out, b...)
 	}
-	return out
+	for p := uint64(from); p <= uint64(to); p++ {
+		if n := s.received[uint32(p)]; n != 1 {
+			t.Fatalf("position %d sent %d times, want once", p, n)
+		}
+	}
+}
+
+// recordedFin returns the FIN recorded, or nil.
+func (s *fakeServer) recordedFin() *protocol.Fin {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fin
+}
+
+// connTypes returns the types of the messages received on connection n.
+func (s *fakeServer) connTypes(n int) []protocol.Type {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]protocol.Type(nil), s.types[n]...)
 }
 
 // csvFile writes n valid rows (plus the extra lines) and returns its path and the expected
@@ -276,6 +375,15 @@ func csvFile(t *testing.T, n int, extra ...string) (string, []byte) {
 		t.Fatal(err)
 	}
 	return p, want.Bytes()
+}
+
+// firstLines returns the first n lines of a lines block.
+func firstLines(lines []byte, n int) []byte {
+	end := 0
+	for ; n > 0; n-- {
+		end += bytes.IndexByte(lines[end:], '\n') + 1
+	}
+	return lines[:end:end]
 }
 
 func testConfig(addr, data string) config.Config {
@@ -352,10 +460,15 @@ func TestHappyPath(t *testing.T) {
 			if got := srv.allStored(); !bytes.Equal(got, want) {
 				t.Fatalf("server stored %d bytes, want %d", len(got), len(want))
 			}
-			batches := uint32((tt.rows + tt.maxAmount - 1) / tt.maxAmount)
+			srv.checkSentOnce(t, 1, uint32(tt.rows))
+			batches := (tt.rows + tt.maxAmount - 1) / tt.maxAmount
 			st := a.stats
-			if st.bets != tt.rows || st.batches != batches || srv.finBatches != batches {
-				t.Fatalf("stats %+v, FIN batches %d, want %d bets %d batches", st, srv.finBatches, tt.rows, batches)
+			if st.bets != tt.rows || st.batches != batches {
+				t.Fatalf("stats %+v, want %d bets %d batches", st, tt.rows, batches)
+			}
+			// The FIN announces the last position and the chain of every bet.
+			if f := srv.recordedFin(); f == nil || f.Bets != uint32(tt.rows) || f.Chain != protocol.Chain(0, want) {
+				t.Fatalf("FIN %+v, want %d bets with chain %08x", f, tt.rows, protocol.Chain(0, want))
 			}
 			if len(st.winners) != len(tt.winners) {
 				t.Fatalf("winners %v, want %v", st.winners, tt.winners)
@@ -372,12 +485,21 @@ func TestHappyPath(t *testing.T) {
 					t.Errorf("log lacks %q:\n%s", line, log)
 				}
 			}
+			if strings.Contains(log, "verificar_apuestas") {
+				t.Errorf("a fresh start logs verificar_apuestas:\n%s", log)
+			}
 			if tt.level == logs.Debug {
 				if n := strings.Count(log, "action: apuesta_enviada | result: success | dni: "); n != tt.rows {
 					t.Errorf("%d apuesta_enviada lines, want %d", n, tt.rows)
 				}
-				if !strings.Contains(log, "DEBUG action: batch_ack | result: success | seq: 1 | cantidad: 7\n") {
-					t.Errorf("no batch_ack line:\n%s", log)
+				for _, line := range []string{
+					"DEBUG action: apuesta_enviada | result: success | dni: 30000000 | numero: 0\n",
+					"DEBUG action: batch_ack | result: success | seq: 1 | cantidad: 7 | stored: 7\n",
+					"DEBUG action: batch_ack | result: success | seq: 5 | cantidad: 2 | stored: 30\n",
+				} {
+					if !strings.Contains(log, line) {
+						t.Errorf("log lacks %q:\n%s", line, log)
+					}
 				}
 			} else if n := strings.Count(log, "\n"); n > 8 {
 				t.Errorf("%d log lines at INFO, want a handful:\n%s", n, log)
@@ -389,19 +511,62 @@ func TestHappyPath(t *testing.T) {
 func TestInvalidRowsAreSkipped(t *testing.T) {
 	srv := newFakeServer(t)
 	srv.start()
-	path, want := csvFile(t, 12, "Ana,Lopez,1,2001-02-29,5", `Ana,"Lopez",1,2000-01-01,5`)
+	path, want := csvFile(t, 12, "Ana,Lopez,1,2001-02-29,5", `Ana,Lo"pez,1,2000-01-01,5`, "Ana,Lopez,1,2000-01-01")
 	a, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log)
 	}
-	if !bytes.Equal(srv.allStored(), want) || a.stats.invalidRows != 2 {
+	if !bytes.Equal(srv.allStored(), want) || a.stats.invalidRows != 3 {
 		t.Fatalf("stored/invalid mismatch: %+v", a.stats)
 	}
 	for _, line := range []string{
 		"WARNING action: leer_apuesta | result: fail | line: 13 | reason: birthdate\n",
-		"WARNING action: leer_apuesta | result: fail | line: 14 | reason: last_name\n",
-		"action: apuestas_enviadas | result: success | cantidad: 12 | batches: 2 | invalid_rows: 2\n",
+		"WARNING action: leer_apuesta | result: fail | line: 14 | reason: quoting\n",
+		"WARNING action: leer_apuesta | result: fail | line: 15 | reason: fields\n",
+		"action: apuestas_enviadas | result: success | cantidad: 12 | batches: 2 | invalid_rows: 3\n",
 	} {
+		if !strings.Contains(log, line) {
+			t.Errorf("log lacks %q:\n%s", line, log)
+		}
+	}
+}
+
+// TestQuotedNamesTravelCanonical checks that names with a comma or a double quote reach the
+// central in their one canonical encoding (needless quotes in the file dropped), that the FIN
+// chain is theirs, and that the DEBUG lines still name each bet's document and number.
+func TestQuotedNamesTravelCanonical(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.start()
+	rows := strings.Join([]string{
+		`"Pérez, Juan",Gómez,20111222,1985-06-01,7574`,
+		`"Ana ""la Tana""",O'Neill,20111223,1990-01-01,12`,
+		`"Ana","Lopez",20111224,"1990-01-01",13`,
+		`José; María,"D'Alessandro, ""Pepe""",20111225,1970-12-31,99`,
+	}, "\r\n")
+	want := strings.Join([]string{
+		`"Pérez, Juan",Gómez,20111222,1985-06-01,7574`,
+		`"Ana ""la Tana""",O'Neill,20111223,1990-01-01,12`,
+		`Ana,Lopez,20111224,1990-01-01,13`,
+		`José; María,"D'Alessandro, ""Pepe""",20111225,1970-12-31,99`,
+	}, "\n") + "\n"
+	path := filepath.Join(t.TempDir(), "agency.csv")
+	if err := os.WriteFile(path, []byte(rows), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(srv.addr(), path)
+	cfg.LogLevel, cfg.BatchMaxAmount = logs.Debug, 3
+	_, log, err := runAgency(t, context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, log)
+	}
+	if got := string(srv.allStored()); got != want {
+		t.Fatalf("stored\n%s\nwant\n%s", got, want)
+	}
+	if f := srv.recordedFin(); f == nil || f.Bets != 4 || f.Chain != protocol.Chain(0, []byte(want)) {
+		t.Fatalf("FIN %+v", f)
+	}
+	for _, bet := range [][2]string{{"20111222", "7574"}, {"20111223", "12"}, {"20111224", "13"}, {"20111225", "99"}} {
+		line := fmt.Sprintf("DEBUG action: apuesta_enviada | result: success | dni: %s | numero: %s\n", bet[0], bet[1])
 		if !strings.Contains(log, line) {
 			t.Errorf("log lacks %q:\n%s", line, log)
 		}
@@ -431,22 +596,27 @@ func TestPipelineWindow(t *testing.T) {
 	}
 }
 
-func TestReconnectResendsUnacked(t *testing.T) {
+// TestReconnect drops the first connection while batches are in flight (batches of 10 bets,
+// window 4): the agency reconnects, says HELLO, and resends exactly the batches the central
+// did not store, whether or not it acknowledged the ones it did.
+func TestReconnect(t *testing.T) {
 	tests := []struct {
 		name       string
 		dropAfter  int // the server closes on reading this BET
 		ackFirst   int // having acknowledged only this many
-		resentFrom uint32
-		resentTo   uint32 // batches the client had in flight (window 4) when it dropped
+		storeFirst int // and stored this many (the ACKs of the others lost)
+		resent     []int
 	}{
-		{"drop at first batch, none acked", 1, 0, 1, 4},
-		{"drop with the window full, none acked", 4, 0, 1, 4},
-		{"drop mid-stream after some acks", 7, 5, 6, 9},
+		{"drop at first batch, none acked", 1, 0, 0, []int{1}},
+		{"drop with the window full, none acked", 4, 0, 0, []int{1, 2, 3, 4}},
+		{"drop mid-stream after some acks", 7, 5, 5, []int{6, 7}},
+		{"stored without ACK", 7, 3, 5, []int{6, 7}},
+		{"every batch in flight stored", 8, 4, 7, []int{8}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newFakeServer(t)
-			srv.dropAfterBets, srv.ackBeforeDrop = tt.dropAfter, tt.ackFirst
+			srv.dropAfterBets, srv.ackBeforeDrop, srv.storeBeforeDrop = tt.dropAfter, tt.ackFirst, tt.storeFirst
 			srv.winners = []string{"30000004"}
 			srv.start()
 			path, want := csvFile(t, 100)
@@ -458,26 +628,30 @@ func TestReconnectResendsUnacked(t *testing.T) {
 				t.Fatal("bets lost or altered across the reconnect")
 			}
 			srv.mu.Lock()
-			conns, seen := srv.conns, append([]uint32(nil), srv.seen...)
+			conns := srv.conns
+			count := map[int]int{} // BETs received per batch number
+			for p, n := range srv.received {
+				if (p-1)%10 == 0 {
+					count[int(p-1)/10+1] = n
+				}
+			}
 			srv.mu.Unlock()
 			if conns != 2 {
 				t.Fatalf("%d connections, want 2", conns)
 			}
-			count := map[uint32]int{}
-			for _, s := range seen {
-				count[s]++
-			}
-			for seq := uint32(1); seq <= 10; seq++ {
+			for batch := 1; batch <= 10; batch++ {
 				want := 1
-				if seq >= tt.resentFrom && seq <= tt.resentTo && seq <= uint32(tt.dropAfter) {
-					want = 2 // received on the first connection, never acked, resent
+				for _, r := range tt.resent {
+					if r == batch {
+						want = 2 // received on the first connection, not stored, resent
+					}
 				}
-				if count[seq] != want {
-					t.Fatalf("seq %d sent %d times, want %d (seen %v)", seq, count[seq], want, seen)
+				if count[batch] != want {
+					t.Fatalf("batch %d sent %d times, want %d (%v)", batch, count[batch], want, count)
 				}
 			}
-			if a.stats.batches != 10 || srv.finBatches != 10 || len(a.stats.winners) != 1 {
-				t.Fatalf("stats %+v fin %d", a.stats, srv.finBatches)
+			if f := srv.recordedFin(); a.stats.batches != 10 || a.stats.bets != 100 || f == nil || f.Bets != 100 || len(a.stats.winners) != 1 {
+				t.Fatalf("stats %+v fin %+v", a.stats, f)
 			}
 			if !strings.Contains(log, "WARNING action: connect | result: fail | attempt: 1 | error: ") {
 				t.Fatalf("no connect fail line:\n%s", log)
@@ -485,7 +659,262 @@ func TestReconnectResendsUnacked(t *testing.T) {
 			if n := strings.Count(log, "action: connect | result: success"); n != 2 {
 				t.Fatalf("%d connect success lines, want 2", n)
 			}
+			if strings.Contains(log, "verificar_apuestas") {
+				t.Fatalf("a reconnection logs verificar_apuestas:\n%s", log)
+			}
 		})
+	}
+}
+
+// TestResume starts an agency against a central that already stores its first bets (as a
+// previous run, with other batches, left them): it checks them, skips them, and sends every
+// other bet exactly once, from the next position on.
+func TestResume(t *testing.T) {
+	tests := []struct {
+		name      string
+		stored    int
+		maxAmount int
+	}{
+		{"a few bets", 23, 10},
+		{"one bet", 1, 7},
+		{"all but one", 94, 10},
+		{"every bet, no FIN yet", 95, 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newFakeServer(t)
+			path, want := csvFile(t, 95, "Ana,Lopez,1,2001-02-29,5")
+			srv.preload(firstLines(want, tt.stored), false)
+			srv.start()
+			cfg := testConfig(srv.addr(), path)
+			cfg.BatchMaxAmount = tt.maxAmount
+			a, log, err := runAgency(t, context.Background(), cfg)
+			if err != nil {
+				t.Fatalf("Run: %v\n%s", err, log)
+			}
+			if !bytes.Equal(srv.allStored(), want) {
+				t.Fatal("stored bets differ from the file's")
+			}
+			srv.checkSentOnce(t, uint32(tt.stored)+1, 95)
+			sent := 95 - tt.stored
+			batches := (sent + tt.maxAmount - 1) / tt.maxAmount
+			if f := srv.recordedFin(); a.stats.bets != sent || a.stats.batches != batches || f == nil || f.Bets != 95 {
+				t.Fatalf("stats %+v fin %+v", a.stats, f)
+			}
+			for _, line := range []string{
+				fmt.Sprintf("INFO action: verificar_apuestas | result: success | stored: %d\n", tt.stored),
+				fmt.Sprintf("INFO action: apuestas_enviadas | result: success | cantidad: %d | batches: %d | invalid_rows: 1\n", sent, batches),
+				fmt.Sprintf("INFO action: fin | result: success | batches: %d\n", batches),
+			} {
+				if !strings.Contains(log, line) {
+					t.Errorf("log lacks %q:\n%s", line, log)
+				}
+			}
+		})
+	}
+}
+
+// TestRestartWithAnotherBatchSize runs an agency with batches of 7 until its connection breaks
+// for good, then a new run of it with batches of 10 against the same central: between them
+// every bet is stored exactly once.
+func TestRestartWithAnotherBatchSize(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.dropAfterBets, srv.ackBeforeDrop, srv.storeBeforeDrop = 6, 3, 4 // 28 bets stored
+	srv.start()
+	path, want := csvFile(t, 100)
+	cfg := testConfig(srv.addr(), path)
+	cfg.BatchMaxAmount, cfg.RetryAttempts = 7, 1
+	_, log, err := runAgency(t, context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "giving up after 1 failed attempts") {
+		t.Fatalf("first run: %v\n%s", err, log)
+	}
+	if got := srv.allStored(); !bytes.Equal(got, firstLines(want, 28)) {
+		t.Fatalf("first run stored %d bytes, want the first 28 bets", len(got))
+	}
+
+	srv.mu.Lock()
+	clear(srv.received) // the first run's BETs 5 and 6 (from 29) were received, not stored
+	srv.mu.Unlock()
+	cfg.BatchMaxAmount, cfg.RetryAttempts = 10, 5
+	a, log, err := runAgency(t, context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("second run: %v\n%s", err, log)
+	}
+	if !bytes.Equal(srv.allStored(), want) {
+		t.Fatal("stored bets differ from the file's")
+	}
+	srv.checkSentOnce(t, 29, 100)
+	// The second run's batches start at 29 and are cut its own way.
+	if f := srv.recordedFin(); a.stats.bets != 72 || a.stats.batches != 8 || f == nil || f.Bets != 100 || f.Chain != protocol.Chain(0, want) {
+		t.Fatalf("stats %+v fin %+v", a.stats, f)
+	}
+	if !strings.Contains(log, "INFO action: verificar_apuestas | result: success | stored: 28\n") {
+		t.Fatalf("no verificar_apuestas line:\n%s", log)
+	}
+}
+
+// TestResumeMismatch starts an agency against a central whose stored bets are not the first
+// bets of its file: it stops before sending anything, with one clear line.
+func TestResumeMismatch(t *testing.T) {
+	path, want := csvFile(t, 30)
+	other := bytes.Replace(firstLines(want, 20), []byte("Nombre7,"), []byte("Nombre8,"), 1)
+	tests := []struct {
+		name     string
+		stored   []byte
+		finished bool
+		chain    func(uint32) uint32 // alters the RESUME chain
+		reason   string
+	}{
+		{"another chain", firstLines(want, 20), false, func(c uint32) uint32 { return c ^ 1 }, "differs"},
+		{"another bet", other, false, nil, "differs"},
+		{"more bets than the file", append(append([]byte(nil), want...), "Otro,Nombre,1,1990-01-01,1\n"...), false, nil, "differs"},
+		{"nothing stored but a chain", nil, false, func(uint32) uint32 { return 7 }, "differs"},
+		{"bets after the FIN", firstLines(want, 20), true, nil, "after the recorded FIN cannot be stored"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newFakeServer(t)
+			srv.preload(tt.stored, tt.finished)
+			if tt.chain != nil {
+				srv.resume = func(_ int, r protocol.Resume) protocol.Resume { r.Chain = tt.chain(r.Chain); return r }
+			}
+			srv.start()
+			_, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+			if !errors.Is(err, ErrBetsMismatch) {
+				t.Fatalf("Run error %v, want ErrBetsMismatch\n%s", err, log)
+			}
+			srv.mu.Lock()
+			conns := srv.conns
+			srv.mu.Unlock()
+			if types := srv.connTypes(1); len(types) != 1 || conns != 1 {
+				t.Fatalf("messages %v on %d connections, want only HELLO", types, conns)
+			}
+			stored := bytes.Count(tt.stored, []byte{'\n'})
+			chain := protocol.Chain(0, tt.stored)
+			if tt.chain != nil {
+				chain = tt.chain(chain)
+			}
+			fileChain := protocol.Chain(0, firstLines(want, stored))
+			if tt.finished {
+				fileChain = protocol.Chain(0, want) // every bet of the file
+			}
+			line := fmt.Sprintf("ERROR action: verificar_apuestas | result: fail | stored: %d | chain: %08x | file_chain: %08x | reason: ", stored, chain, fileChain)
+			if !strings.Contains(log, line) || !strings.Contains(log, tt.reason) || !strings.Contains(log, "another program claims agency 3)\n") {
+				t.Fatalf("log lacks %q (%s):\n%s", line, tt.reason, log)
+			}
+		})
+	}
+}
+
+// TestReconnectResumeMismatch has the central answer a reconnection with a RESUME that is not
+// where this run left it: the run stops instead of resending.
+func TestReconnectResumeMismatch(t *testing.T) {
+	tests := []struct {
+		name   string
+		resume func(r protocol.Resume) protocol.Resume
+	}{
+		// On the first connection the bets 1..30 are acknowledged, 31..40 in flight.
+		{"fewer bets than acknowledged", func(r protocol.Resume) protocol.Resume { r.Stored, r.Chain = 20, 0; return r }},
+		{"inside a batch in flight", func(r protocol.Resume) protocol.Resume { r.Stored = 35; return r }},
+		{"another chain", func(r protocol.Resume) protocol.Resume { r.Chain ^= 1; return r }},
+		{"the FIN of another program", func(r protocol.Resume) protocol.Resume { r.Finished = true; return r }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newFakeServer(t)
+			srv.dropAfterBets, srv.ackBeforeDrop, srv.storeBeforeDrop = 4, 3, 3
+			srv.resume = func(conn int, r protocol.Resume) protocol.Resume {
+				if conn == 1 {
+					return r
+				}
+				return tt.resume(r)
+			}
+			srv.start()
+			path, _ := csvFile(t, 100)
+			_, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+			if !errors.Is(err, ErrBetsMismatch) {
+				t.Fatalf("Run error %v, want ErrBetsMismatch\n%s", err, log)
+			}
+			if types := srv.connTypes(2); len(types) != 1 {
+				t.Fatalf("second connection got %v, want only HELLO", types)
+			}
+			if !strings.Contains(log, "ERROR action: verificar_apuestas | result: fail | stored: ") {
+				t.Fatalf("no verificar_apuestas line:\n%s", log)
+			}
+		})
+	}
+}
+
+// TestFinishedGoesStraightToWinners starts an agency whose FIN is already recorded: it checks
+// the file and asks for its winners, sending no bet and no FIN.
+func TestFinishedGoesStraightToWinners(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.winners = []string{"30000003"}
+	path, want := csvFile(t, 25, "Ana,Lopez,1,2001-02-29,5")
+	srv.preload(want, true)
+	srv.start()
+	a, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, log)
+	}
+	types := srv.connTypes(1)
+	if len(types) != 2 || types[0] != protocol.TypeHello || types[1] != protocol.TypeWinnersQuery {
+		t.Fatalf("messages %v, want HELLO and WINNERS_QUERY", types)
+	}
+	if len(a.stats.winners) != 1 {
+		t.Fatalf("winners %v", a.stats.winners)
+	}
+	for _, line := range []string{
+		"INFO action: verificar_apuestas | result: success | stored: 25\n",
+		"INFO action: apuestas_enviadas | result: success | cantidad: 0 | batches: 0 | invalid_rows: 1\n",
+		"INFO action: fin | result: success | batches: 0 | detail: already recorded\n",
+		"INFO action: consulta_ganadores | result: success | cant_ganadores: 1\n",
+	} {
+		if !strings.Contains(log, line) {
+			t.Errorf("log lacks %q:\n%s", line, log)
+		}
+	}
+}
+
+// TestFinRecordedBeforeItsAnswer breaks the connection right after the FIN is recorded, before
+// its FIN_ACK: the RESUME of the reconnection says so, and the agency goes on to its winners.
+func TestFinRecordedBeforeItsAnswer(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.dropAfterFin = 1
+	srv.start()
+	path, _ := csvFile(t, 15)
+	_, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, log)
+	}
+	if types := srv.connTypes(2); len(types) != 2 || types[1] != protocol.TypeWinnersQuery {
+		t.Fatalf("second connection got %v, want HELLO and WINNERS_QUERY", types)
+	}
+	if !strings.Contains(log, "INFO action: fin | result: success | batches: 2 | detail: already recorded\n") {
+		t.Fatalf("no fin line:\n%s", log)
+	}
+}
+
+func TestInternalErrorIsRetried(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.internalErrors = 2
+	srv.start()
+	path, want := csvFile(t, 35)
+	a, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, log)
+	}
+	if !bytes.Equal(srv.allStored(), want) || a.stats.bets != 35 {
+		t.Fatalf("stored/stats mismatch: %+v", a.stats)
+	}
+	srv.mu.Lock()
+	conns := srv.conns
+	srv.mu.Unlock()
+	if conns != 3 {
+		t.Fatalf("%d connections, want 3", conns)
+	}
+	if n := strings.Count(log, "result: fail | attempt: "); n != 2 || !strings.Contains(log, "INTERNAL_ERROR: disk full") {
+		t.Fatalf("%d retries logged, want 2 naming INTERNAL_ERROR:\n%s", n, log)
 	}
 }
 
@@ -514,13 +943,16 @@ func TestShuttingDownDuringWinnersRetriesQuery(t *testing.T) {
 		t.Fatalf("Run: %v\n%s", err, log)
 	}
 	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if srv.conns != 3 || srv.finCount != 1 || len(a.stats.winners) != 2 {
-		t.Fatalf("conns %d fins %d winners %v", srv.conns, srv.finCount, a.stats.winners)
+	conns, fins := srv.conns, srv.finCount
+	srv.mu.Unlock()
+	if conns != 3 || fins != 1 || len(a.stats.winners) != 2 {
+		t.Fatalf("conns %d fins %d winners %v", conns, fins, a.stats.winners)
 	}
-	// After the FIN was recorded, a reconnect goes straight to the query.
-	if srv.firstMsgs[1] != protocol.TypeWinnersQuery || srv.firstMsgs[2] != protocol.TypeWinnersQuery {
-		t.Fatalf("first messages %v", srv.firstMsgs)
+	// After the FIN was recorded, a reconnect goes straight from HELLO to the query.
+	for conn := 2; conn <= 3; conn++ {
+		if types := srv.connTypes(conn); len(types) != 2 || types[1] != protocol.TypeWinnersQuery {
+			t.Fatalf("connection %d got %v", conn, types)
+		}
 	}
 }
 
@@ -534,6 +966,7 @@ func refusedWith(code protocol.ErrorCode) func(error) bool {
 
 func TestFatalAnswers(t *testing.T) {
 	roundClosed := &protocol.Error{Code: protocol.CodeRoundClosed, Reason: "the draw has already happened"}
+	mismatch := "chain before bet 1 is 00000000, the stored bets' is 4e5f6071"
 	tests := []struct {
 		name  string
 		setup func(*fakeServer)
@@ -545,11 +978,29 @@ func TestFatalAnswers(t *testing.T) {
 		{"UNKNOWN_AGENCY", func(s *fakeServer) {
 			s.betError = &protocol.Error{Code: protocol.CodeUnknownAgency}
 		}, refusedWith(protocol.CodeUnknownAgency)},
+		{"BETS_MISMATCH", func(s *fakeServer) {
+			s.betError = &protocol.Error{Code: protocol.CodeBetsMismatch, Reason: mismatch}
+		}, func(err error) bool {
+			// The reason, with both checksums, reaches the exit line.
+			return refusedWith(protocol.CodeBetsMismatch)(err) && strings.Contains(err.Error(), mismatch)
+		}},
+		{"SEQUENCE_GAP", func(s *fakeServer) {
+			s.betError = &protocol.Error{Code: protocol.CodeSequenceGap}
+		}, refusedWith(protocol.CodeSequenceGap)},
+		{"AGENCY_FINISHED", func(s *fakeServer) {
+			s.betError = &protocol.Error{Code: protocol.CodeAgencyFinished}
+		}, refusedWith(protocol.CodeAgencyFinished)},
 		{"ROUND_CLOSED on a batch", func(s *fakeServer) { s.betError = roundClosed }, refusedWith(protocol.CodeRoundClosed)},
 		{"ROUND_CLOSED on FIN", func(s *fakeServer) { s.finError = roundClosed }, refusedWith(protocol.CodeRoundClosed)},
-		{"ACK for the wrong seq", func(s *fakeServer) { s.badAck = true }, func(err error) bool {
+		{"BETS_MISMATCH on FIN", func(s *fakeServer) {
+			s.finError = &protocol.Error{Code: protocol.CodeBetsMismatch, Reason: "another chain"}
+		}, refusedWith(protocol.CodeBetsMismatch)},
+		{"ACK for another position", func(s *fakeServer) { s.badAck = true }, func(err error) bool {
 			return errors.Is(err, ErrProtocol)
 		}},
+		{"RESUME for another agency", func(s *fakeServer) {
+			s.resume = func(_ int, r protocol.Resume) protocol.Resume { r.Agency++; return r }
+		}, func(err error) bool { return errors.Is(err, ErrProtocol) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

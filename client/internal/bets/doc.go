@@ -1,4 +1,6 @@
-// Package bets owns the agency's bets on the client side: the streaming CSV reader (one row at
-// a time, never the whole file) and the batch builder that packs valid bet lines into BET
-// frames within batch.maxAmount and the 8192-byte frame limit.
+// Package bets owns the agency's bets on the client side: the streaming reader of its RFC 4180
+// CSV file (encoding/csv, one bounded record at a time, never the whole file), which turns each
+// valid row into its canonical wire line, and the batch builder that numbers the bets by
+// position, keeps their checksum chain and packs their lines into BET frames within
+// batch.maxAmount and the 8192-byte frame limit.
 package bets

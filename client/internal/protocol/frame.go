@@ -13,21 +13,22 @@ import (
 
 // Frame limits.
 const (
-	Version        = 1
+	Version        = 2
 	HeaderSize     = 6
 	MaxFrame       = 8192
-	MaxPayload     = MaxFrame - HeaderSize // 8186
-	BetHeaderSize  = 10                    // agency u32, seq u32, count u16
-	MaxBetsBytes   = MaxPayload - BetHeaderSize
-	WinnersHeader  = 7 // agency u32, last u8, count u16
-	ErrorHeader    = 6 // code u16, seq u32
+	MaxPayload     = MaxFrame - HeaderSize      // 8186
+	BetHeaderSize  = 14                         // agency u32, first u32, count u16, chain u32
+	MaxBetsBytes   = MaxPayload - BetHeaderSize // 8172
+	WinnersHeader  = 7                          // agency u32, last u8, count u16
+	ErrorHeader    = 6                          // code u16, position u32
 	MaxReasonBytes = 255
+	MaxPosition    = 1<<32 - 1 // the last position a bet can have: positions are u32
 )
 
 // Type is a message type (the second header byte).
 type Type uint8
 
-// The message types of version 1.
+// The message types of version 2.
 const (
 	TypeEcho         Type = 0x01
 	TypeBet          Type = 0x02
@@ -37,6 +38,8 @@ const (
 	TypeWinnersQuery Type = 0x06
 	TypeWinners      Type = 0x07
 	TypeError        Type = 0x08
+	TypeHello        Type = 0x09
+	TypeResume       Type = 0x0A
 )
 
 var typeNames = map[Type]string{
@@ -48,6 +51,8 @@ var typeNames = map[Type]string{
 	TypeWinnersQuery: "WINNERS_QUERY",
 	TypeWinners:      "WINNERS",
 	TypeError:        "ERROR",
+	TypeHello:        "HELLO",
+	TypeResume:       "RESUME",
 }
 
 // String returns the protocol name of the type, e.g. "FIN_ACK".
@@ -61,7 +66,7 @@ func (t Type) String() string {
 // ErrorCode is the code carried by an ERROR message.
 type ErrorCode uint16
 
-// The error codes of version 1.
+// The error codes of version 2.
 const (
 	CodeUnsupportedVersion ErrorCode = 1
 	CodeUnknownType        ErrorCode = 2
@@ -76,6 +81,7 @@ const (
 	CodeShuttingDown       ErrorCode = 11
 	CodeInternalError      ErrorCode = 12
 	CodeRoundClosed        ErrorCode = 13 // the draw has already happened: a new batch or FIN is refused
+	CodeBetsMismatch       ErrorCode = 14 // the request does not continue the agency's stored bets (chain)
 )
 
 var codeNames = map[ErrorCode]string{
@@ -92,6 +98,7 @@ var codeNames = map[ErrorCode]string{
 	CodeShuttingDown:       "SHUTTING_DOWN",
 	CodeInternalError:      "INTERNAL_ERROR",
 	CodeRoundClosed:        "ROUND_CLOSED",
+	CodeBetsMismatch:       "BETS_MISMATCH",
 }
 
 // String returns the protocol name of the code, e.g. "DUPLICATE_FIN".
@@ -102,7 +109,7 @@ func (c ErrorCode) String() string {
 	return fmt.Sprintf("CODE_%d", uint16(c))
 }
 
-// Known reports whether c is one of the codes of version 1.
+// Known reports whether c is one of the codes of version 2.
 func (c ErrorCode) Known() bool {
 	_, ok := codeNames[c]
 	return ok

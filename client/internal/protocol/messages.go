@@ -1,4 +1,4 @@
-// This file owns the eight message structs and their encoding to and decoding from payloads.
+// This file owns the ten message structs and their encoding to and decoding from payloads.
 
 package protocol
 
@@ -19,25 +19,30 @@ type Echo struct {
 	Payload []byte
 }
 
-// Bet (0x02): one batch. Bets is the raw lines block (each line ends with '\n'); Count must
-// equal its number of lines.
+// Bet (0x02): one batch, the agency's bets First .. First+Count-1 (positions among its valid
+// bets, from 1). Chain is the chain of its bets before First; Bets is the raw lines block
+// (each line ends with '\n'), whose number of lines Count must equal.
 type Bet struct {
 	Agency uint32
-	Seq    uint32
+	First  uint32
 	Count  uint16
+	Chain  uint32
 	Bets   []byte
 }
 
-// Ack (0x03): the batch (Agency, Seq) is durably stored.
+// Ack (0x03): the agency's bets 1..Stored are durably stored; Stored is the last position of
+// the batch answered.
 type Ack struct {
 	Agency uint32
-	Seq    uint32
+	Stored uint32
 }
 
-// Fin (0x04): the agency has sent batches 1..Batches.
+// Fin (0x04): the agency has sent all its bets: Bets of them (the last position), whose chain
+// is Chain.
 type Fin struct {
-	Agency  uint32
-	Batches uint32
+	Agency uint32
+	Bets   uint32
+	Chain  uint32
 }
 
 // FinAck (0x05): the FIN is durably recorded.
@@ -57,11 +62,25 @@ type Winners struct {
 	Documents []string
 }
 
-// Error (0x08): a request was refused.
+// Error (0x08): a request was refused. Position is the First of the BET refused, else 0.
 type Error struct {
-	Code   ErrorCode
-	Seq    uint32
-	Reason string
+	Code     ErrorCode
+	Position uint32
+	Reason   string
+}
+
+// Hello (0x09): the agency asks what the central holds of it; sent first on every connection.
+type Hello struct {
+	Agency uint32
+}
+
+// Resume (0x0A): the answer to Hello: the agency's bets 1..Stored are durably stored, Chain is
+// their chain, and Finished says whether its FIN is recorded.
+type Resume struct {
+	Agency   uint32
+	Stored   uint32
+	Chain    uint32
+	Finished bool
 }
 
 // Type implements Message.
@@ -88,6 +107,12 @@ func (Winners) Type() Type { return TypeWinners }
 // Type implements Message.
 func (Error) Type() Type { return TypeError }
 
+// Type implements Message.
+func (Hello) Type() Type { return TypeHello }
+
+// Type implements Message.
+func (Resume) Type() Type { return TypeResume }
+
 // AppendHeader appends a frame header for a payload of n bytes.
 func AppendHeader(dst []byte, t Type, n int) []byte {
 	dst = append(dst, Version, byte(t))
@@ -110,15 +135,24 @@ func AppendEncode(dst []byte, m Message) ([]byte, error) {
 		dst = append(dst, v.Payload...)
 	case Bet:
 		dst = be.AppendUint32(dst, v.Agency)
-		dst = be.AppendUint32(dst, v.Seq)
+		dst = be.AppendUint32(dst, v.First)
 		dst = be.AppendUint16(dst, v.Count)
+		dst = be.AppendUint32(dst, v.Chain)
 		dst = append(dst, v.Bets...)
 	case Ack:
 		dst = be.AppendUint32(dst, v.Agency)
-		dst = be.AppendUint32(dst, v.Seq)
+		dst = be.AppendUint32(dst, v.Stored)
 	case Fin:
 		dst = be.AppendUint32(dst, v.Agency)
-		dst = be.AppendUint32(dst, v.Batches)
+		dst = be.AppendUint32(dst, v.Bets)
+		dst = be.AppendUint32(dst, v.Chain)
+	case Hello:
+		dst = be.AppendUint32(dst, v.Agency)
+	case Resume:
+		dst = be.AppendUint32(dst, v.Agency)
+		dst = be.AppendUint32(dst, v.Stored)
+		dst = be.AppendUint32(dst, v.Chain)
+		dst = append(dst, boolByte(v.Finished))
 	case FinAck:
 		dst = be.AppendUint32(dst, v.Agency)
 	case WinnersQuery:
@@ -128,11 +162,7 @@ func AppendEncode(dst []byte, m Message) ([]byte, error) {
 			return dst[:start], fmt.Errorf("proto: encode WINNERS: %d documents: %w", len(v.Documents), ErrFrameTooLarge)
 		}
 		dst = be.AppendUint32(dst, v.Agency)
-		last := byte(0)
-		if v.Last {
-			last = 1
-		}
-		dst = append(dst, last)
+		dst = append(dst, boolByte(v.Last))
 		dst = be.AppendUint16(dst, uint16(len(v.Documents)))
 		for _, d := range v.Documents {
 			dst = append(dst, d...)
@@ -140,7 +170,7 @@ func AppendEncode(dst []byte, m Message) ([]byte, error) {
 		}
 	case Error:
 		dst = be.AppendUint16(dst, uint16(v.Code))
-		dst = be.AppendUint32(dst, v.Seq)
+		dst = be.AppendUint32(dst, v.Position)
 		dst = append(dst, truncateUTF8(v.Reason, MaxReasonBytes)...)
 	default:
 		return dst[:start], fmt.Errorf("proto: encode: not a message: %T", m)
@@ -151,6 +181,13 @@ func AppendEncode(dst []byte, m Message) ([]byte, error) {
 	}
 	be.PutUint32(dst[start+2:start+6], uint32(n))
 	return dst, nil
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // truncateUTF8 cuts s to at most n bytes without splitting a UTF-8 sequence.
@@ -182,6 +219,14 @@ func nonZero(t Type, name string, v uint32) error {
 	return nil
 }
 
+// flag decodes a u8 that must be 0 or 1.
+func flag(t Type, name string, b byte) (bool, error) {
+	if b > 1 {
+		return false, malformed(t, "%s is %d, want 0 or 1", name, b)
+	}
+	return b == 1, nil
+}
+
 // DecodePayload decodes the payload of a message of type t. The returned message may alias p.
 // BET batches are validated bet by bet (ErrInvalidBet names the first bad bet).
 func DecodePayload(t Type, p []byte) (Message, error) {
@@ -193,38 +238,63 @@ func DecodePayload(t Type, p []byte) (Message, error) {
 		if len(p) < BetHeaderSize {
 			return nil, malformed(t, "payload is %d bytes, want at least %d", len(p), BetHeaderSize)
 		}
-		m := Bet{Agency: be.Uint32(p), Seq: be.Uint32(p[4:]), Count: be.Uint16(p[8:]), Bets: p[BetHeaderSize:]}
+		m := Bet{Agency: be.Uint32(p), First: be.Uint32(p[4:]), Count: be.Uint16(p[8:]), Chain: be.Uint32(p[10:]), Bets: p[BetHeaderSize:]}
 		if err := nonZero(t, "agency", m.Agency); err != nil {
 			return nil, err
 		}
-		if err := nonZero(t, "seq", m.Seq); err != nil {
+		if err := nonZero(t, "first", m.First); err != nil {
 			return nil, err
 		}
 		if m.Count == 0 {
 			return nil, malformed(t, "count must not be 0")
 		}
+		if uint64(m.First)+uint64(m.Count)-1 > MaxPosition {
+			return nil, malformed(t, "bets %d.. (%d) pass position %d", m.First, m.Count, uint64(MaxPosition))
+		}
 		if err := ValidateBets(m.Bets, int(m.Count)); err != nil {
-			return nil, fmt.Errorf("proto: decode BET seq %d: %w", m.Seq, err)
+			return nil, fmt.Errorf("proto: decode BET first %d: %w", m.First, err)
 		}
 		return m, nil
 	case TypeAck:
 		if err := fixed(t, p, 8); err != nil {
 			return nil, err
 		}
-		m := Ack{Agency: be.Uint32(p), Seq: be.Uint32(p[4:])}
+		m := Ack{Agency: be.Uint32(p), Stored: be.Uint32(p[4:])}
 		if err := nonZero(t, "agency", m.Agency); err != nil {
 			return nil, err
 		}
-		if err := nonZero(t, "seq", m.Seq); err != nil {
+		if err := nonZero(t, "stored", m.Stored); err != nil {
 			return nil, err
 		}
 		return m, nil
 	case TypeFin:
-		if err := fixed(t, p, 8); err != nil {
+		if err := fixed(t, p, 12); err != nil {
 			return nil, err
 		}
-		m := Fin{Agency: be.Uint32(p), Batches: be.Uint32(p[4:])}
+		m := Fin{Agency: be.Uint32(p), Bets: be.Uint32(p[4:]), Chain: be.Uint32(p[8:])}
 		if err := nonZero(t, "agency", m.Agency); err != nil {
+			return nil, err
+		}
+		return m, nil
+	case TypeHello:
+		if err := fixed(t, p, 4); err != nil {
+			return nil, err
+		}
+		m := Hello{Agency: be.Uint32(p)}
+		if err := nonZero(t, "agency", m.Agency); err != nil {
+			return nil, err
+		}
+		return m, nil
+	case TypeResume:
+		if err := fixed(t, p, 13); err != nil {
+			return nil, err
+		}
+		m := Resume{Agency: be.Uint32(p), Stored: be.Uint32(p[4:]), Chain: be.Uint32(p[8:])}
+		if err := nonZero(t, "agency", m.Agency); err != nil {
+			return nil, err
+		}
+		var err error
+		if m.Finished, err = flag(t, "finished", p[12]); err != nil {
 			return nil, err
 		}
 		return m, nil
@@ -254,12 +324,9 @@ func DecodePayload(t Type, p []byte) (Message, error) {
 		if err := nonZero(t, "agency", m.Agency); err != nil {
 			return nil, err
 		}
-		switch p[4] {
-		case 0:
-		case 1:
-			m.Last = true
-		default:
-			return nil, malformed(t, "last is %d, want 0 or 1", p[4])
+		var err error
+		if m.Last, err = flag(t, "last", p[4]); err != nil {
+			return nil, err
 		}
 		count := int(be.Uint16(p[5:]))
 		docs, err := splitLines(p[WinnersHeader:], count)
@@ -272,7 +339,7 @@ func DecodePayload(t Type, p []byte) (Message, error) {
 		if len(p) < ErrorHeader {
 			return nil, malformed(t, "payload is %d bytes, want at least %d", len(p), ErrorHeader)
 		}
-		m := Error{Code: ErrorCode(be.Uint16(p)), Seq: be.Uint32(p[2:])}
+		m := Error{Code: ErrorCode(be.Uint16(p)), Position: be.Uint32(p[2:])}
 		if !m.Code.Known() {
 			return nil, malformed(t, "unknown code %d", uint16(m.Code))
 		}

@@ -1,6 +1,6 @@
 // Tests of the protocol package against testdata/protocol_vectors.json (shared with the Python
-// server's tests): every frame vector both ways, every invalid frame, every bet line; plus
-// FuzzReadFrame.
+// server's tests): every frame vector both ways, every invalid frame, every bet line; the
+// canonical encoding of bet lines and the chain; plus FuzzReadFrame.
 
 package protocol
 
@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -20,16 +21,19 @@ import (
 )
 
 type vectorFields struct {
-	PayloadHex *string     `json:"payload_hex"`
-	Agency     uint32      `json:"agency"`
-	Seq        uint32      `json:"seq"`
-	Batches    uint32      `json:"batches"`
-	Bets       [][5]string `json:"bets"`
-	Last       bool        `json:"last"`
-	Documents  []string    `json:"documents"`
-	Code       uint16      `json:"code"`
-	CodeName   string      `json:"code_name"`
-	Reason     string      `json:"reason"`
+	PayloadHex *string         `json:"payload_hex"`
+	Agency     uint32          `json:"agency"`
+	First      uint32          `json:"first"`
+	Chain      uint32          `json:"chain"`
+	Bets       json.RawMessage `json:"bets"` // BET: the field values of each bet; FIN: how many
+	Stored     uint32          `json:"stored"`
+	Finished   bool            `json:"finished"`
+	Last       bool            `json:"last"`
+	Documents  []string        `json:"documents"`
+	Code       uint16          `json:"code"`
+	CodeName   string          `json:"code_name"`
+	Position   uint32          `json:"position"`
+	Reason     string          `json:"reason"`
 }
 
 type vectors struct {
@@ -109,12 +113,6 @@ func decode(buf []byte) (Message, error) {
 	return DecodePayload(t, buf[HeaderSize:])
 }
 
-// reasonOf returns "" when line (without '\n') is a valid bet, else the reason.
-func reasonOf(line []byte) string {
-	_, reason := ParseBetLine(line)
-	return reason
-}
-
 func mustHex(t testing.TB, s string) []byte {
 	t.Helper()
 	b, err := hex.DecodeString(s)
@@ -134,16 +132,31 @@ func messageOf(t *testing.T, typ string, f vectorFields) Message {
 		}
 		return Echo{Payload: mustHex(t, *f.PayloadHex)}
 	case "BET":
-		var lines []byte
-		for _, b := range f.Bets {
-			lines = append(lines, strings.Join(b[:], ",")...)
-			lines = append(lines, '\n')
+		// The vector gives field values: the lines are their canonical encoding.
+		var bets [][]string
+		if err := json.Unmarshal(f.Bets, &bets); err != nil {
+			t.Fatalf("BET bets: %v", err)
 		}
-		return Bet{Agency: f.Agency, Seq: f.Seq, Count: uint16(len(f.Bets)), Bets: lines}
+		var lines []byte
+		for _, b := range bets {
+			var reason string
+			if lines, reason = AppendBetLine(lines, b); reason != "" {
+				t.Fatalf("bet %q: %s", b, reason)
+			}
+		}
+		return Bet{Agency: f.Agency, First: f.First, Count: uint16(len(bets)), Chain: f.Chain, Bets: lines}
 	case "ACK":
-		return Ack{Agency: f.Agency, Seq: f.Seq}
+		return Ack{Agency: f.Agency, Stored: f.Stored}
 	case "FIN":
-		return Fin{Agency: f.Agency, Batches: f.Batches}
+		var n uint32
+		if err := json.Unmarshal(f.Bets, &n); err != nil {
+			t.Fatalf("FIN bets: %v", err)
+		}
+		return Fin{Agency: f.Agency, Bets: n, Chain: f.Chain}
+	case "HELLO":
+		return Hello{Agency: f.Agency}
+	case "RESUME":
+		return Resume{Agency: f.Agency, Stored: f.Stored, Chain: f.Chain, Finished: f.Finished}
 	case "FIN_ACK":
 		return FinAck{Agency: f.Agency}
 	case "WINNERS_QUERY":
@@ -158,7 +171,7 @@ func messageOf(t *testing.T, typ string, f vectorFields) Message {
 		if ErrorCode(f.Code).String() != f.CodeName {
 			t.Fatalf("code %d is %s here, %s in the vector", f.Code, ErrorCode(f.Code), f.CodeName)
 		}
-		return Error{Code: ErrorCode(f.Code), Seq: f.Seq, Reason: f.Reason}
+		return Error{Code: ErrorCode(f.Code), Position: f.Position, Reason: f.Reason}
 	}
 	t.Fatalf("unknown vector type %q", typ)
 	return nil
@@ -219,7 +232,7 @@ func TestFrameVectors(t *testing.T) {
 			}
 		})
 	}
-	for typ := TypeEcho; typ <= TypeError; typ++ {
+	for typ := TypeEcho; typ <= TypeResume; typ++ {
 		if !seen[typ] {
 			t.Errorf("no frame vector for %s", typ)
 		}
@@ -288,15 +301,24 @@ func TestBetLineVectors(t *testing.T) {
 			name = "valid"
 		}
 		t.Run(name, func(t *testing.T) {
-			reason := reasonOf([]byte(bl.Line))
+			f, reason := ParseBetLine([]byte(bl.Line))
 			if bl.Valid && reason != "" {
 				t.Fatalf("line %d %q: invalid (%s), want valid", i, bl.Line, reason)
 			}
-			if !bl.Valid && reason != bl.Reason {
+			// The vectors' reasons are what a reason must contain: the Python server's
+			// "6 fields, want 5" is "fields".
+			if !bl.Valid && (reason == "" || !strings.Contains(reason, bl.Reason)) {
 				t.Fatalf("line %d %q: reason %q, want %q", i, bl.Line, reason, bl.Reason)
 			}
+			if bl.Valid {
+				// A valid line is canonical: its field values encode back to it.
+				values := []string{string(f.FirstName), string(f.LastName), string(f.Document), string(f.Birthdate), string(f.Number)}
+				if got, reason := AppendBetLine(nil, values); reason != "" || string(got) != bl.Line+"\n" {
+					t.Fatalf("AppendBetLine(%q) = %q, %q; want the line", values, got, reason)
+				}
+			}
 			// A one-bet BET frame with the line is accepted or refused accordingly.
-			frame, err := Encode(Bet{Agency: 1, Seq: 1, Count: 1, Bets: []byte(bl.Line + "\n")})
+			frame, err := Encode(Bet{Agency: 1, First: 1, Count: 1, Bets: []byte(bl.Line + "\n")})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -312,6 +334,7 @@ func TestBetLineVectors(t *testing.T) {
 }
 
 func TestBetLineExtra(t *testing.T) {
+	quotes := `"` + strings.Repeat(`""`, MaxNameBytes) + `"` // a name of 100 '"'
 	tests := []struct {
 		line   string
 		reason string
@@ -327,17 +350,120 @@ func TestBetLineExtra(t *testing.T) {
 		{"Ana,Lopez,1,1990-01-01 ,1", ReasonBirthdate},
 		{"Ana,Lopez,1,1990-01-01,1\r", ReasonNumber},
 		{"Ana\x7f,Lopez,1,1990-01-01,1", ReasonFirstName},
+		{"Ana\u0085,Lopez,1,1990-01-01,1", ReasonFirstName}, // C1 control
+		{"Ana\u009f,Lopez,1,1990-01-01,1", ReasonFirstName},
+		{"Ana\u00a0,Lopez,1,1990-01-01,1", ""}, // no-break space: not a control character
 		{"Ana\xff,Lopez,1,1990-01-01,1", ReasonUTF8},
+		{"\"Ana,\xff\",Lopez,1,1990-01-01,1", ReasonUTF8},
 		{"Ana,Lopez,,1990-01-01,1", ReasonDocument},
 		{"", ReasonFields},
+		{"Ana,Lopez,1,1990-01-01,1,", ReasonFields},
 		{"Zoë Ñandú,Müller,12,1990-01-01,1", ""},
 		{strings.Repeat("é", 50) + ",B,1,1990-01-01,1", ""},
 		{strings.Repeat("é", 50) + "a,B,1,1990-01-01,1", ReasonFirstName},
+
+		// Quoting: a name is quoted exactly when it holds ',' or '"'.
+		{`"Ana, María",Paz,1,1990-01-01,1`, ""},
+		{`"Ana""",Paz,1,1990-01-01,1`, ""},            // the name Ana"
+		{`"""",Paz,1,1990-01-01,1`, ""},               // the name "
+		{`"Ana",Paz,1,1990-01-01,1`, ReasonFirstName}, // needlessly quoted
+		{`Ana,"Paz",1,1990-01-01,1`, ReasonLastName},
+		{`Ana,Paz,1,1990-01-01,"1"`, ReasonNumber},
+		{`"Ana""",Paz,1,1990-01-01,1,"x"`, ReasonFields}, // quoting is checked before the count
+		{`"Ana`, ReasonQuoting},
+		{`"Ana""`, ReasonQuoting},
+		{`"Ana"",Paz,1,1990-01-01,1`, ReasonQuoting},
+		{`"Ana" ,Paz,1,1990-01-01,1`, ReasonQuoting},
+		{`Ana,Paz,1,1990-01-01,1"`, ReasonQuoting},
+		{`Ana,Paz,1,1990-01-01,1,x"y`, ReasonQuoting},
+		{`"A` + strings.Repeat("a", 99) + `,",Paz,1,1990-01-01,1`, ReasonFirstName}, // 101 bytes
+		{quotes + "," + quotes + ",1234567890,1990-01-01,1234567890", ""},
 	}
 	for _, tt := range tests {
-		if got := reasonOf([]byte(tt.line)); got != tt.reason {
+		if _, got := ParseBetLine([]byte(tt.line)); got != tt.reason {
 			t.Errorf("%q: reason %q, want %q", tt.line, got, tt.reason)
 		}
+	}
+}
+
+func TestParseBetLineFields(t *testing.T) {
+	f, reason := ParseBetLine([]byte(`"Ana ""la Tana""",O'Neill,123,1990-01-01,45`))
+	got := []string{string(f.FirstName), string(f.LastName), string(f.Document), string(f.Birthdate), string(f.Number)}
+	want := []string{`Ana "la Tana"`, "O'Neill", "123", "1990-01-01", "45"}
+	if reason != "" || !reflect.DeepEqual(got, want) {
+		t.Fatalf("fields %q (%q), want %q", got, reason, want)
+	}
+}
+
+func TestAppendBetLine(t *testing.T) {
+	tests := []struct {
+		name   string
+		fields []string
+		line   string // with its '\n'; "" when invalid
+		reason string
+	}{
+		{"plain", []string{"Ana María", "Núñez", "1", "1990-01-01", "7574"}, "Ana María,Núñez,1,1990-01-01,7574\n", ""},
+		{"comma", []string{"Pérez, Juan", "Gómez", "2", "1985-06-01", "1"}, "\"Pérez, Juan\",Gómez,2,1985-06-01,1\n", ""},
+		{"quotes", []string{"Ana", `Paz "la Tana"`, "3", "1990-01-01", "12"}, "Ana,\"Paz \"\"la Tana\"\"\",3,1990-01-01,12\n", ""},
+		{"semicolon and apostrophe", []string{"José; María", "D'Alessandro", "4", "1970-12-31", "99"}, "José; María,D'Alessandro,4,1970-12-31,99\n", ""},
+		{"longest", []string{strings.Repeat(`"`, 100), strings.Repeat(`"`, 100), "1234567890", "1990-01-01", "1234567890"}, "", ""},
+		{"four fields", []string{"Ana", "Paz", "1", "1990-01-01"}, "", ReasonFields},
+		{"six fields", []string{"Ana", "Paz", "1", "1990-01-01", "1", ""}, "", ReasonFields},
+		{"not UTF-8", []string{"Ana\xff", "Paz", "1", "1990-01-01", "1"}, "", ReasonUTF8},
+		{"empty name", []string{"", "Paz", "1", "1990-01-01", "1"}, "", ReasonFirstName},
+		{"newline in a name", []string{"Ana", "Paz\nRuiz", "1", "1990-01-01", "1"}, "", ReasonLastName},
+		{"101 bytes", []string{strings.Repeat(",", 101), "Paz", "1", "1990-01-01", "1"}, "", ReasonFirstName},
+		{"comma in a document", []string{"Ana", "Paz", "1,2", "1990-01-01", "1"}, "", ReasonDocument},
+		{"bad date", []string{"Ana", "Paz", "1", "2001-02-29", "1"}, "", ReasonBirthdate},
+		{"bad number", []string{"Ana", "Paz", "1", "1990-01-01", "-5"}, "", ReasonNumber},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, reason := AppendBetLine([]byte("prefix:"), tt.fields)
+			if reason != tt.reason {
+				t.Fatalf("reason %q, want %q", reason, tt.reason)
+			}
+			if reason != "" {
+				if string(got) != "prefix:" {
+					t.Fatalf("an invalid bet appended %q", got)
+				}
+				return
+			}
+			line := strings.TrimPrefix(string(got), "prefix:")
+			if tt.line != "" && line != tt.line {
+				t.Fatalf("line %q, want %q", line, tt.line)
+			}
+			if len(line) > MaxBetLineSize+1 {
+				t.Fatalf("line of %d bytes, longer than MaxBetLineSize+1", len(line))
+			}
+			// What the agency encodes, the central accepts, with the same values.
+			f, reason := ParseBetLine([]byte(strings.TrimSuffix(line, "\n")))
+			back := []string{string(f.FirstName), string(f.LastName), string(f.Document), string(f.Birthdate), string(f.Number)}
+			if reason != "" || !reflect.DeepEqual(back, tt.fields) {
+				t.Fatalf("ParseBetLine(%q) = %q, %q", line, back, reason)
+			}
+		})
+	}
+	longest, _ := AppendBetLine(nil, tests[4].fields)
+	if len(longest) != MaxBetLineSize+1 {
+		t.Fatalf("the longest bet line is %d bytes with its newline, MaxBetLineSize is %d", len(longest), MaxBetLineSize)
+	}
+}
+
+func TestChain(t *testing.T) {
+	lines := []byte("Ana,Paz,1,1990-01-01,1\n\"Paz, Juan\",Ruiz,2,1990-01-01,2\n")
+	whole := Chain(0, lines)
+	if whole != crc32.ChecksumIEEE(lines) {
+		t.Fatalf("Chain(0, lines) = %08x, want the CRC-32 of the lines", whole)
+	}
+	// Chaining batch by batch gives the chain of all the lines, however they are cut.
+	for cut := 0; cut <= len(lines); cut++ {
+		if got := Chain(Chain(0, lines[:cut]), lines[cut:]); got != whole {
+			t.Fatalf("cut at %d: %08x, want %08x", cut, got, whole)
+		}
+	}
+	if Chain(0, nil) != 0 || Chain(0, []byte("123456789")) != 0xCBF43926 {
+		t.Fatal("Chain is not CRC-32 (IEEE) from 0")
 	}
 }
 
@@ -355,27 +481,38 @@ func TestDecodeErrors(t *testing.T) {
 		raw  []byte
 		want error
 	}{
-		{"bet count zero", enc(Bet{Agency: 1, Seq: 1, Count: 0, Bets: nil}), ErrMalformed},
-		{"bet agency zero", enc(Bet{Agency: 0, Seq: 1, Count: 1, Bets: ok}), ErrMalformed},
-		{"bet trailing partial line", enc(Bet{Agency: 1, Seq: 1, Count: 1, Bets: append(ok, 'x')}), ErrMalformed},
-		{"bet second line bad", enc(Bet{Agency: 1, Seq: 1, Count: 2, Bets: append(append([]byte{}, ok...), "Ana,Lopez,1,1990-01-01,x\n"...)}), ErrInvalidBet},
-		{"ack seq zero", enc(Ack{Agency: 1, Seq: 0}), ErrMalformed},
+		{"bet count zero", enc(Bet{Agency: 1, First: 1, Count: 0, Bets: nil}), ErrMalformed},
+		{"bet agency zero", enc(Bet{Agency: 0, First: 1, Count: 1, Bets: ok}), ErrMalformed},
+		{"bet last position", enc(Bet{Agency: 1, First: MaxPosition, Count: 1, Bets: ok}), nil},
+		{"bet past the last position", enc(Bet{Agency: 1, First: MaxPosition, Count: 2, Bets: append(append([]byte{}, ok...), ok...)}), ErrMalformed},
+		{"bet trailing partial line", enc(Bet{Agency: 1, First: 1, Count: 1, Bets: append(ok, 'x')}), ErrMalformed},
+		{"bet second line bad", enc(Bet{Agency: 1, First: 1, Count: 2, Bets: append(append([]byte{}, ok...), "Ana,Lopez,1,1990-01-01,x\n"...)}), ErrInvalidBet},
+		{"bet quote across lines", enc(Bet{Agency: 1, First: 1, Count: 2, Bets: []byte("\"Ana,\nx\",Lopez,1,1990-01-01,1\n")}), ErrInvalidBet},
+		{"ack short", append(AppendHeader(nil, TypeAck, 4), 0, 0, 0, 1), ErrMalformed},
+		{"ack agency zero", enc(Ack{Agency: 0, Stored: 1}), ErrMalformed},
+		{"fin long", append(AppendHeader(nil, TypeFin, 13), make([]byte, 13)...), ErrMalformed},
+		{"hello agency zero", enc(Hello{Agency: 0}), ErrMalformed},
+		{"hello long", append(AppendHeader(nil, TypeHello, 5), 0, 0, 0, 1, 0), ErrMalformed},
+		{"resume agency zero", enc(Resume{Agency: 0, Stored: 1}), ErrMalformed},
+		{"resume short", append(AppendHeader(nil, TypeResume, 12), 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0), ErrMalformed},
+		{"resume nothing stored", enc(Resume{Agency: 1}), nil},
 		{"fin_ack long", append(AppendHeader(nil, TypeFinAck, 5), 0, 0, 0, 1, 0), ErrMalformed},
 		{"winners count mismatch", append(AppendHeader(nil, TypeWinners, 9), 0, 0, 0, 1, 1, 0, 2, '7', '\n'), ErrMalformed},
 		{"winners no newline", append(AppendHeader(nil, TypeWinners, 8), 0, 0, 0, 1, 1, 0, 1, '7'), ErrMalformed},
 		{"winners bad utf8", append(AppendHeader(nil, TypeWinners, 9), 0, 0, 0, 1, 1, 0, 1, 0xff, '\n'), ErrMalformed},
 		{"error unknown code", append(AppendHeader(nil, TypeError, 6), 0, 99, 0, 0, 0, 0), ErrMalformed},
 		{"error code 0", append(AppendHeader(nil, TypeError, 6), 0, 0, 0, 0, 0, 0), ErrMalformed},
-		{"error code 14", append(AppendHeader(nil, TypeError, 6), 0, 14, 0, 0, 0, 0), ErrMalformed},
+		{"error code 15", append(AppendHeader(nil, TypeError, 6), 0, 15, 0, 0, 0, 0), ErrMalformed},
 		{"error short", append(AppendHeader(nil, TypeError, 5), 0, 5, 0, 0, 0), ErrMalformed},
 		{"error reason too long", append(append(AppendHeader(nil, TypeError, 6+256), 0, 5, 0, 0, 0, 0), bytes.Repeat([]byte("a"), 256)...), ErrMalformed},
 		{"type zero", AppendHeader(nil, 0, 0), ErrUnknownType},
-		{"header too short", []byte{1, 1, 0}, ErrMalformed},
-		{"length mismatch", []byte{1, 1, 0, 0, 0, 2, 'a'}, ErrMalformed},
+		{"type 0x0b", AppendHeader(nil, 0x0b, 0), ErrUnknownType},
+		{"header too short", []byte{2, 1, 0}, ErrMalformed},
+		{"length mismatch", []byte{2, 1, 0, 0, 0, 2, 'a'}, ErrMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := decode(tt.raw); !errors.Is(err, tt.want) {
+			if _, err := decode(tt.raw); !errors.Is(err, tt.want) || (tt.want == nil) != (err == nil) {
 				t.Fatalf("Decode error %v, want %v", err, tt.want)
 			}
 		})
@@ -386,16 +523,13 @@ func TestErrorCodes(t *testing.T) {
 	names := []string{
 		"UNSUPPORTED_VERSION", "UNKNOWN_TYPE", "FRAME_TOO_LARGE", "MALFORMED", "INVALID_BET",
 		"UNKNOWN_AGENCY", "SEQUENCE_GAP", "AGENCY_FINISHED", "DUPLICATE_FIN", "IDLE_TIMEOUT",
-		"SHUTTING_DOWN", "INTERNAL_ERROR", "ROUND_CLOSED",
+		"SHUTTING_DOWN", "INTERNAL_ERROR", "ROUND_CLOSED", "BETS_MISMATCH",
 	}
 	for i, name := range names {
 		c := ErrorCode(i + 1)
 		if c.String() != name || !c.Known() {
 			t.Errorf("code %d: %s (known %v), want %s", uint16(c), c, c.Known(), name)
 		}
-	}
-	if CodeRoundClosed != 13 {
-		t.Errorf("CodeRoundClosed = %d, want 13", uint16(CodeRoundClosed))
 	}
 	for _, c := range []ErrorCode{0, ErrorCode(len(names) + 1), 0xFFFF} {
 		if c.Known() {
@@ -405,7 +539,7 @@ func TestErrorCodes(t *testing.T) {
 }
 
 func TestReadFrameTruncated(t *testing.T) {
-	frame, _ := Encode(Ack{Agency: 1, Seq: 1})
+	frame, _ := Encode(Ack{Agency: 1, Stored: 1})
 	if _, err := ReadFrame(bytes.NewReader(nil)); !errors.Is(err, io.EOF) {
 		t.Fatalf("empty stream: %v, want io.EOF", err)
 	}
@@ -418,13 +552,13 @@ func TestReadFrameTruncated(t *testing.T) {
 
 func TestReadFrameUnknownTypeSkipsPayload(t *testing.T) {
 	stream := append(AppendHeader(nil, 0xee, 3), 'a', 'b', 'c')
-	ack, _ := Encode(Ack{Agency: 1, Seq: 2})
+	ack, _ := Encode(Ack{Agency: 1, Stored: 2})
 	r := bytes.NewReader(append(stream, ack...))
 	if _, err := ReadFrame(r); !errors.Is(err, ErrUnknownType) {
 		t.Fatalf("got %v, want ErrUnknownType", err)
 	}
 	m, err := ReadFrame(r)
-	if err != nil || !reflect.DeepEqual(m, Ack{Agency: 1, Seq: 2}) {
+	if err != nil || !reflect.DeepEqual(m, Ack{Agency: 1, Stored: 2}) {
 		t.Fatalf("next frame: %#v, %v", m, err)
 	}
 }
@@ -436,7 +570,7 @@ func TestEncodeRefusesLargeFrames(t *testing.T) {
 	if _, err := Encode(Echo{Payload: make([]byte, MaxPayload+1)}); !errors.Is(err, ErrFrameTooLarge) {
 		t.Fatalf("ECHO of %d bytes: %v", MaxPayload+1, err)
 	}
-	if _, err := Encode(Bet{Agency: 1, Seq: 1, Count: 1, Bets: make([]byte, MaxBetsBytes+1)}); !errors.Is(err, ErrFrameTooLarge) {
+	if _, err := Encode(Bet{Agency: 1, First: 1, Count: 1, Bets: make([]byte, MaxBetsBytes+1)}); !errors.Is(err, ErrFrameTooLarge) {
 		t.Fatalf("oversized BET: %v", err)
 	}
 	// ERROR reasons are cut to 255 bytes on a rune boundary.
@@ -447,8 +581,8 @@ func TestEncodeRefusesLargeFrames(t *testing.T) {
 }
 
 // FuzzReadFrame feeds arbitrary bytes to ReadFrame: it must not panic, every error must map to
-// an ERROR code or be a truncation, and a frame it decodes must re-encode to exactly the bytes
-// it consumed.
+// an ERROR code or be a truncation, a frame it decodes must re-encode to exactly the bytes it
+// consumed, and every bet of a BET it accepts must be in its one canonical encoding.
 func FuzzReadFrame(f *testing.F) {
 	v := loadVectors(f)
 	for _, fv := range v.Frames {
@@ -456,6 +590,13 @@ func FuzzReadFrame(f *testing.F) {
 	}
 	for _, iv := range v.InvalidFrames {
 		f.Add(mustHex(f, iv.Hex))
+	}
+	for _, bl := range v.BetLines {
+		frame, err := Encode(Bet{Agency: 1, First: 1, Count: 1, Bets: []byte(bl.Line + "\n")})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(frame)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
@@ -475,6 +616,20 @@ func FuzzReadFrame(f *testing.F) {
 		if !bytes.Equal(got, consumed) {
 			t.Fatalf("re-encoded %x, read %x", got, consumed)
 		}
+		bet, ok := m.(Bet)
+		if !ok {
+			return
+		}
+		for _, line := range bytes.SplitAfter(bet.Bets, []byte("\n")) {
+			if len(line) == 0 {
+				continue
+			}
+			f, reason := ParseBetLine(line[:len(line)-1])
+			values := []string{string(f.FirstName), string(f.LastName), string(f.Document), string(f.Birthdate), string(f.Number)}
+			if again, r := AppendBetLine(nil, values); reason != "" || r != "" || !bytes.Equal(again, line) {
+				t.Fatalf("accepted line %q encodes as %q (%q %q)", line, again, reason, r)
+			}
+		}
 	})
 }
 
@@ -482,6 +637,16 @@ func BenchmarkParseBetLine(b *testing.B) {
 	line := []byte("Santiago Lionel,Lorca,30904465,1999-03-17,7574")
 	for i := 0; i < b.N; i++ {
 		if _, reason := ParseBetLine(line); reason != "" {
+			b.Fatal("invalid")
+		}
+	}
+}
+
+func BenchmarkAppendBetLine(b *testing.B) {
+	fields := []string{"Santiago Lionel", "Lorca", "30904465", "1999-03-17", "7574"}
+	buf := make([]byte, 0, MaxBetLineSize+1)
+	for i := 0; i < b.N; i++ {
+		if _, reason := AppendBetLine(buf, fields); reason != "" {
 			b.Fatal("invalid")
 		}
 	}
