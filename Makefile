@@ -13,10 +13,11 @@ COMPOSE_FILE ?= docker-compose-dev.yaml
 COMPOSE := docker compose -f $(COMPOSE_FILE)
 PYTHON ?= python3
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 GO_SOURCES = $$(find . -path ./vendor -prune -o -name '*.go' -print)
 
 .PHONY: help docker-image docker-compose-up docker-compose-down docker-compose-logs \
-	docker-compose-reset build test test-go test-python check-docker bench data lint
+	docker-compose-reset build test test-go test-python check-docker bench chaos data lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -62,6 +63,9 @@ test: check-docker test-go test-python ## Every test, the Docker ones included (
 
 bench: ## Benchmark: server + N Go agencies as processes (BENCH_ARGS="--agencies 50 --bets 1000000", or "--restart-batches 3000000")
 	$(PYTHON) tools/bench.py $(BENCH_ARGS)
+
+chaos: ## Fault injection (tools/chaos.py), 20 runs per fault (CHAOS_ARGS="--faults agency_kill --seed 7")
+	$(PYTHON) tools/chaos.py --runs 20 $(CHAOS_ARGS)
 
 data: ## Regenerate the default data set in .data/ (5 agencies, ~80,000 bets)
 	$(PYTHON) tools/gen_data.py
