@@ -7,7 +7,12 @@ SHELL := /bin/bash
 PYTHON_IMAGE ?= python:3.11-slim
 GO_IMAGE ?= golang:1.26
 NETCAT_IMAGE ?= busybox:latest
-export NETCAT_IMAGE
+export NETCAT_IMAGE GO_IMAGE
+
+# Tags `make docker-image` gives the images; the compose file names the defaults (the Docker tests
+# build and run their own, lottery-test/...).
+SERVER_IMAGE ?= server:latest
+CLIENT_IMAGE ?= client:latest
 
 COMPOSE_FILE ?= docker-compose-dev.yaml
 COMPOSE := docker compose -f $(COMPOSE_FILE)
@@ -16,18 +21,21 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 GO_SOURCES = $$(find . -path ./vendor -prune -o -name '*.go' -print)
 
-.PHONY: help docker-image docker-compose-up docker-compose-down docker-compose-logs \
+.PHONY: help docker-image secrets docker-compose-up docker-compose-down docker-compose-logs \
 	docker-compose-reset build test test-go test-python check-docker bench chaos data lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-docker-image: ## Build the server and client images (PYTHON_IMAGE, GO_IMAGE as base images)
-	docker build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t server:latest server/
-	docker build --build-arg GO_IMAGE=$(GO_IMAGE) -t client:latest client/
+docker-image: ## Build the server and client images (PYTHON_IMAGE, GO_IMAGE as base images; SERVER_IMAGE, CLIENT_IMAGE tags)
+	docker build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(SERVER_IMAGE) server/
+	docker build --build-arg GO_IMAGE=$(GO_IMAGE) -t $(CLIENT_IMAGE) client/
 
-docker-compose-up: docker-image ## Build the images and start the server and agencies in the background
+secrets: ## Issue the missing TLS credentials (.secrets/) of the server and the agencies COMPOSE_FILE names
 	@test -f $(COMPOSE_FILE) || { echo "$(COMPOSE_FILE) is missing: run 'python compose_maker.py N' first"; exit 1; }
+	$(PYTHON) compose_maker.py --secrets-only --output $(COMPOSE_FILE)
+
+docker-compose-up: secrets docker-image ## Build the images, issue missing credentials, start the server, then the agencies once it is healthy
 	$(COMPOSE) up -d
 
 docker-compose-down: ## SIGTERM everything (10 s grace), then remove the containers (the storage volume stays)

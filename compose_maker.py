@@ -2,6 +2,8 @@
 """Writes docker-compose-dev.yaml: the server plus N agency clients (owns compose_maker.py).
 
     python compose_maker.py [N] [--output docker-compose-dev.yaml] [--data-dir .data]
+                            [--secrets-dir .secrets]
+    python compose_maker.py --secrets-only [N] [--output docker-compose-dev.yaml]
 
 N (default 1) must be an integer >= 1; anything else is a usage error (exit 2) and nothing is
 written. Each client i bind-mounts `<data-dir>/agency-i.csv`; a missing one is generated with
@@ -11,6 +13,20 @@ directory (what Docker leaves behind when it bind-mounts a missing file) that is
 1, and nothing is written. The compose file is written atomically (temp file + rename); its
 relative paths resolve against the compose file's directory, so write it at the repo root and
 run `docker compose -f docker-compose-dev.yaml ...` from there.
+
+Credentials (mutual TLS): the missing PEM files of `<secrets-dir>` (ca.pem, server.pem,
+server-key.pem, agency-i.pem, agency-i-key.pem for i in 1..N) are issued by the project's Go
+command client/cmd/certs (crypto/x509), which never overwrites a file; each file created is
+printed as `created <secrets-dir>/<file>`. When nothing is missing no command runs. With `go` on
+PATH it runs on the host; otherwise in the Go build image (GO_IMAGE, default golang:1.26) under
+`docker run`, as the invoking user, so the files are the user's either way. The compose file
+hands them to the containers as Compose secrets: the server gets ca.pem and its own pair, agency
+i only ca.pem and agency i's pair, at the paths the programs read by default (/run/secrets/...);
+ca-key.pem is never handed to anyone.
+
+--secrets-only issues credentials and writes nothing else: for agencies 1..N, or, without N, for
+whatever the compose file named by --output hands out (`make secrets` runs this before
+`docker compose up`, so a fresh clone's committed compose file gets its credentials).
 """
 
 from __future__ import annotations
@@ -18,6 +34,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +50,41 @@ NETWORK = "lottery_net"
 STORAGE_VOLUME = "server-storage"
 STOP_GRACE_PERIOD = "10s"
 CLIENT_DATA_PATH = "/data/agency.csv"
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CLIENT_DIR = os.path.join(ROOT, "client")
+DEFAULT_GO_IMAGE = "golang:1.26"
+# Where a container finds each credential: the defaults of the server's TLS_CA/TLS_CERT/TLS_KEY
+# and of the agency's tls.ca/tls.cert/tls.key, so no environment variable is needed.
+SECRETS_TARGET = "/run/secrets"
+CA_FILE = "ca.pem"
+SERVER_FILES = ("server.pem", "server-key.pem")
+CERTS_TIMEOUT = 600  # seconds for the issuing command, a first `go run` (or image start) included
+# The server's health check, run by Docker inside the server container: one ECHO to the plaintext
+# health port. Docker runs the first probe `interval` after the start (Engine 20.10 has no
+# start_interval), so a normal start (well under a second) is healthy after 2 s and the agencies,
+# which wait for it, start then; a slower one after 4 s. Misses within `start_period` (a slow
+# recovery) do not count; after it, 3 in a row mark the server unhealthy. `timeout` bounds a probe
+# (healthcheck.py gives up after 2 s itself).
+HEALTHCHECK = {
+    "test": ["CMD", "python3", "/app/healthcheck.py"],
+    "interval": "2s",
+    "timeout": "3s",
+    "retries": 3,
+    "start_period": "30s",
+}
+
+
+def agency_files(agency: int) -> tuple[str, str]:
+    """Agency `agency`'s certificate and key file names (client/internal/certs)."""
+    return f"agency-{agency}.pem", f"agency-{agency}-key.pem"
+
+
+def credential_files(agencies: int) -> list[str]:
+    """Every file the containers of a run with `agencies` agencies are handed (not ca-key.pem)."""
+    files = [CA_FILE, *SERVER_FILES]
+    for agency in range(1, agencies + 1):
+        files.extend(agency_files(agency))
+    return files
 
 
 class FlowList(list):
@@ -68,31 +121,45 @@ def _agency_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Write a docker compose file with the server and N agency clients.",
+        description="Write a docker compose file with the server and N agency clients, and issue "
+                    "the TLS credentials they lack.",
         epilog=(
             "Missing data files <data-dir>/agency-i.csv are generated with tools/gen_data.py "
             f"(seed {gen_data.DEFAULT_SEED}, "
             f"{gen_data.bets_for_agency(gen_data.DEFAULT_AGENCIES + 1)} "
-            "bets for agencies beyond the default set, winners per gen_data's default rule)."
+            "bets for agencies beyond the default set, winners per gen_data's default rule). "
+            "Missing credentials are issued with `go run ./cmd/certs` in client/, or, without Go on "
+            f"PATH, in the Go image under docker run (GO_IMAGE, default {DEFAULT_GO_IMAGE}); an "
+            "existing file is never replaced."
         ),
     )
-    parser.add_argument("agencies", metavar="N", nargs="?", type=_agency_count, default=1,
+    parser.add_argument("agencies", metavar="N", nargs="?", type=_agency_count, default=None,
                         help="number of agency clients, integer >= 1 (default 1)")
     parser.add_argument("--output", default="docker-compose-dev.yaml",
-                        help="compose file to write (default docker-compose-dev.yaml)")
+                        help="compose file to write (default docker-compose-dev.yaml); with "
+                             "--secrets-only and no N, the compose file to read")
     parser.add_argument("--data-dir", default=".data",
                         help="directory of the agency-<i>.csv files (default .data)")
+    parser.add_argument("--secrets-dir", default=".secrets",
+                        help="directory of the TLS credentials, PEM files (default .secrets); "
+                             "missing ones are issued with client/cmd/certs")
+    parser.add_argument("--secrets-only", action="store_true",
+                        help="only issue the missing credentials: for agencies 1..N, or without N "
+                             "for those the compose file (--output) hands to its containers")
     return parser
 
 
 def mount_source(data_dir: str, output: str, agency: int) -> str:
-    """The bind-mount source of agency `agency`'s file as written in the compose file.
+    """The bind-mount source of agency `agency`'s file as written in the compose file."""
+    return compose_path(data_dir, f"agency-{agency}.csv", output)
 
-    Relative to the compose file's directory (`./.data/agency-1.csv`) when the data dir is given
-    relative and lies under it; absolute otherwise.
-    """
-    path = os.path.join(data_dir, f"agency-{agency}.csv")
-    if os.path.isabs(data_dir):
+
+def compose_path(directory: str, name: str, output: str) -> str:
+    """`directory/name` as the compose file names it: relative to the compose file's directory
+    (`./.data/agency-1.csv`) when `directory` is given relative and lies under it; absolute
+    otherwise."""
+    path = os.path.join(directory, name)
+    if os.path.isabs(directory):
         return path
     base = os.path.dirname(os.path.abspath(output))
     relative = os.path.relpath(os.path.abspath(path), base)
@@ -101,14 +168,28 @@ def mount_source(data_dir: str, output: str, agency: int) -> str:
     return "./" + relative.replace(os.sep, "/")
 
 
-def compose(agencies: int, data_dir: str, output: str) -> dict[str, Any]:
+def secret_name(file: str) -> str:
+    """The compose secret holding `file`: ca.pem -> ca-cert, agency-1-key.pem -> agency-1-key."""
+    stem = file.removesuffix(".pem")
+    return stem if stem.endswith("-key") else f"{stem}-cert"
+
+
+def _secret_mounts(files: dict[str, str]) -> list[dict[str, str]]:
+    """Long-syntax service secrets: {file in the secrets dir: file name in /run/secrets}."""
+    return [{"source": secret_name(file), "target": f"{SECRETS_TARGET}/{target}"} for file, target in files.items()]
+
+
+def compose(agencies: int, data_dir: str, output: str, secrets_dir: str = ".secrets") -> dict[str, Any]:
     services: dict[str, Any] = {
         "server": {
             "container_name": "server",
             "image": "server:latest",
             "environment": [f"AGENCIES={agencies}"],
             "volumes": ["./server/config.ini:/app/config.ini:ro", f"{STORAGE_VOLUME}:/storage"],
+            # The CA (to verify the agencies) and the central's own certificate and key.
+            "secrets": _secret_mounts({CA_FILE: CA_FILE, **{f: f for f in SERVER_FILES}}),
             "networks": FlowList([NETWORK]),
+            "healthcheck": {**HEALTHCHECK, "test": FlowList(HEALTHCHECK["test"])},
             "stop_grace_period": STOP_GRACE_PERIOD,
             # A fail-stop (a failed fsync: exit 3) is followed by recovery without an operator;
             # `docker stop` and `make docker-compose-down` are not failures and stay stopped.
@@ -117,6 +198,7 @@ def compose(agencies: int, data_dir: str, output: str) -> dict[str, Any]:
     }
     for agency in range(1, agencies + 1):
         name = f"client{agency}"
+        cert, key = agency_files(agency)
         services[name] = {
             "container_name": name,
             "image": "client:latest",
@@ -125,8 +207,11 @@ def compose(agencies: int, data_dir: str, output: str) -> dict[str, Any]:
                 "./client/config.yaml:/config.yaml:ro",
                 f"{mount_source(data_dir, output, agency)}:{CLIENT_DATA_PATH}:ro",
             ],
+            # The CA (to verify the central) and this agency's own pair: never another's key.
+            "secrets": _secret_mounts({CA_FILE: CA_FILE, cert: "agency.pem", key: "agency-key.pem"}),
             "networks": FlowList([NETWORK]),
-            "depends_on": FlowList(["server"]),
+            # Started once the central answers its health check, not merely once it was started.
+            "depends_on": {"server": {"condition": "service_healthy"}},
             "stop_grace_period": STOP_GRACE_PERIOD,
         }
     return {
@@ -134,6 +219,8 @@ def compose(agencies: int, data_dir: str, output: str) -> dict[str, Any]:
         "services": services,
         "networks": {NETWORK: {"driver": "bridge"}},
         "volumes": {STORAGE_VOLUME: None},
+        "secrets": {secret_name(file): {"file": compose_path(secrets_dir, file, output)}
+                    for file in credential_files(agencies)},
     }
 
 
@@ -174,9 +261,134 @@ def ensure_data(data_dir: str, agencies: int) -> None:
         print(f"generated {path} ({bets} bets, {winners} winners)")
 
 
+class SecretsError(Exception):
+    """The credentials could not be issued (no Go and no Docker, or the issuing command failed)."""
+
+
+def _secrets_problems(secrets_dir: str, agencies: int) -> list[str]:
+    if os.path.exists(secrets_dir) and not os.path.isdir(secrets_dir):
+        return [f"secrets dir {secrets_dir} exists and is not a directory"]
+    problems = []
+    for file in credential_files(agencies):
+        path = os.path.join(secrets_dir, file)
+        if os.path.isdir(path):
+            problems.append(
+                f"{path} is a directory, not a credential (Docker creates one when it bind-mounts "
+                "a missing file); remove it (rmdir) and run again"
+            )
+        elif os.path.exists(path) and not os.path.isfile(path):
+            problems.append(f"{path} is not a regular file")
+    return problems
+
+
+def missing_credentials(secrets_dir: str, agencies: int) -> list[str]:
+    return [file for file in credential_files(agencies) if not os.path.isfile(os.path.join(secrets_dir, file))]
+
+
+def issue_command(secrets_dir: str, agencies: int) -> list[str]:
+    """The command that issues the missing credentials of agencies 1..`agencies` (and the CA and
+    the server's) into `secrets_dir`: client/cmd/certs with the host's Go, else in GO_IMAGE."""
+    certs_args = ["./cmd/certs", "-agencies", str(agencies)]
+    if shutil.which("go"):
+        return ["go", "run", "-mod=vendor", *certs_args, "-dir", os.path.abspath(secrets_dir)]
+    if not shutil.which("docker"):
+        raise SecretsError(
+            "issuing the TLS credentials needs Go (go on PATH) or Docker (to run it in GO_IMAGE); "
+            "neither was found"
+        )
+    image = os.environ.get("GO_IMAGE") or DEFAULT_GO_IMAGE
+    user = [f"--user={os.getuid()}:{os.getgid()}"] if hasattr(os, "getuid") else []  # files owned by the user
+    return [
+        "docker", "run", "--rm", *user,
+        "-e", "CGO_ENABLED=0", "-e", "GOFLAGS=-mod=vendor -buildvcs=false", "-e", "GOTOOLCHAIN=local",
+        "-e", "GOPROXY=off", "-e", "HOME=/tmp", "-e", "GOCACHE=/tmp/go-cache", "-e", "GOMODCACHE=/tmp/go-mod",
+        "-v", f"{CLIENT_DIR}:/src:ro", "-v", f"{os.path.abspath(secrets_dir)}:/out", "-w", "/src",
+        image, "go", "run", "-mod=vendor", *certs_args, "-dir", "/out",
+    ]
+
+
+def ensure_secrets(secrets_dir: str, agencies: int) -> list[str]:
+    """Issue every missing credential of the server and agencies 1..`agencies` into `secrets_dir`
+    (never overwriting one), printing `created <secrets-dir>/<file>` for each; returns their names.
+    Runs nothing when none is missing."""
+    if not missing_credentials(secrets_dir, agencies):
+        return []
+    os.makedirs(secrets_dir, mode=0o700, exist_ok=True)  # the user's, also when Docker issues
+    command = issue_command(secrets_dir, agencies)
+    try:
+        result = subprocess.run(command, cwd=CLIENT_DIR, capture_output=True, text=True,
+                                timeout=CERTS_TIMEOUT, env={**os.environ, "CGO_ENABLED": "0"})
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SecretsError(f"issuing the TLS credentials ({command[0]}): {err}") from None
+    created = []
+    for line in result.stdout.splitlines():
+        if line.startswith("created "):
+            name = line.rsplit("/", 1)[-1]
+            created.append(name)
+            print(f"created {os.path.join(secrets_dir, name)}")
+    if result.returncode != 0:
+        detail = result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}"
+        raise SecretsError(f"issuing the TLS credentials ({' '.join(command[:2])} ... cmd/certs) failed:\n{detail}")
+    still = missing_credentials(secrets_dir, agencies)
+    if still:
+        raise SecretsError(f"the issuing command left {', '.join(still)} missing in {secrets_dir}")
+    return created
+
+
+_AGENCY_FILE = re.compile(r"agency-([0-9]+)(?:-key)?\.pem")
+
+
+def secrets_of_compose(path: str) -> dict[str, int]:
+    """{credentials directory: highest agency} for the secret files compose file `path` names."""
+    with open(path, encoding="utf-8") as file:
+        document = yaml.safe_load(file)
+    secrets = document.get("secrets") if isinstance(document, dict) else None
+    if not isinstance(secrets, dict) or not secrets:
+        raise SecretsError(f"{path} hands out no credentials (no top-level secrets:); regenerate it: "
+                           "python compose_maker.py N")
+    base = os.path.dirname(path)
+    needed: dict[str, int] = {}
+    for name, spec in secrets.items():
+        file = spec.get("file") if isinstance(spec, dict) else None
+        if not isinstance(file, str):
+            raise SecretsError(f"{path}: secret {name} has no file")
+        directory, leaf = os.path.split(os.path.normpath(os.path.join(base, file)))
+        match = _AGENCY_FILE.fullmatch(leaf)
+        needed[directory] = max(needed.get(directory, 0), int(match.group(1)) if match else 0)
+    return needed
+
+
+def secrets_only(args: argparse.Namespace) -> int:
+    try:
+        if args.agencies is not None:
+            needed = {args.secrets_dir: args.agencies}
+        else:
+            if not os.path.isfile(args.output):
+                print(f"compose_maker.py: error: {args.output} is missing: run 'python compose_maker.py N' first",
+                      file=sys.stderr)
+                return 1
+            needed = secrets_of_compose(args.output)
+        problems = [p for directory, agencies in needed.items() for p in _secrets_problems(directory, agencies)]
+        if problems:
+            for problem in problems:
+                print(f"compose_maker.py: error: {problem}", file=sys.stderr)
+            return 1
+        for directory, agencies in needed.items():
+            ensure_secrets(directory, agencies)
+            print(f"credentials ready in {directory}: CA, server, agencies 1..{agencies}")
+    except (OSError, yaml.YAMLError, SecretsError) as err:
+        print(f"compose_maker.py: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problems = _data_problems(args.data_dir, args.agencies)
+    if args.secrets_only:
+        return secrets_only(args)
+    if args.agencies is None:
+        args.agencies = 1
+    problems = _data_problems(args.data_dir, args.agencies) + _secrets_problems(args.secrets_dir, args.agencies)
     output_dir = os.path.dirname(os.path.abspath(args.output))
     if os.path.isdir(args.output):
         problems.append(f"--output {args.output} is a directory")
@@ -188,9 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         ensure_data(args.data_dir, args.agencies)
-        document = compose(args.agencies, args.data_dir, args.output)
+        ensure_secrets(args.secrets_dir, args.agencies)
+        document = compose(args.agencies, args.data_dir, args.output, args.secrets_dir)
         gen_data.write_atomically(args.output, render(args.agencies, document).encode("utf-8"))
-    except (OSError, gen_data.GenerationError) as err:
+    except (OSError, gen_data.GenerationError, SecretsError) as err:
         print(f"compose_maker.py: error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: server and {args.agencies} client(s)")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # nc_test.sh — health check of the running lottery server (owns nc_test.sh).
 #
-# Sends ONE protocol ECHO frame (docs/protocol.md: 02 01 <u32 length> <payload>) to the server
-# from a throwaway container on the server's own Docker network, using netcat: no netcat on the
-# host and no published port needed. Prints exactly one line on stdout and exits 0 or 1:
+# Sends ONE protocol ECHO frame (docs/protocol.md: 02 01 <u32 length> <payload>) to the server's
+# plaintext health port (HEALTH_PORT, 12346: it answers ECHO and nothing else; the agencies' port,
+# 12345, is mutual TLS only, where netcat cannot speak) from a throwaway container on the server's
+# own Docker network, using netcat: no netcat on the host and no published port needed (the
+# compose file publishes none). Prints exactly one line on stdout and exits 0 or 1:
 #     action: test_echo_server | result: success
 #     action: test_echo_server | result: fail
 # Diagnostics go to stderr.
@@ -12,7 +14,9 @@
 #   NETCAT_IMAGE      image with sh, printf, nc, od (default busybox:latest;
 #                     offline: NETCAT_IMAGE=lottery-offline/busybox:static)
 #   SERVER_CONTAINER  server container name (default server); it is also the host name dialled
-#   SERVER_PORT       server port (default 12345)
+#   HEALTH_PORT       the server's health port (default 12346)
+#   SERVER_PORT       deprecated alias of HEALTH_PORT (used, with a warning, only when HEALTH_PORT
+#                     is unset); it no longer means the agencies' port, which is TLS only
 #   NC_TEST_TIMEOUT   overall bound on the docker run, seconds (default 20)
 #
 # How the nc session ends: the server keeps the connection open after answering (it waits for
@@ -27,7 +31,11 @@ set -u
 
 NETCAT_IMAGE=${NETCAT_IMAGE:-busybox:latest}
 SERVER_CONTAINER=${SERVER_CONTAINER:-server}
-SERVER_PORT=${SERVER_PORT:-12345}
+if [ -z "${HEALTH_PORT:-}" ] && [ -n "${SERVER_PORT:-}" ]; then
+    echo "nc_test: SERVER_PORT is deprecated, use HEALTH_PORT (the server's plaintext health port)" >&2
+    HEALTH_PORT=$SERVER_PORT
+fi
+HEALTH_PORT=${HEALTH_PORT:-12346}
 NC_TEST_TIMEOUT=${NC_TEST_TIMEOUT:-20}
 PAYLOAD="lottery-health-check"
 CONNECT_WAIT=3  # nc -w: connect timeout
@@ -52,8 +60,8 @@ fail() {
 }
 
 command -v docker >/dev/null 2>&1 || fail "docker is not installed"
-case $SERVER_PORT in
-    '' | *[!0-9]*) fail "SERVER_PORT must be a number, got '$SERVER_PORT'" ;;
+case $HEALTH_PORT in
+    '' | *[!0-9]*) fail "HEALTH_PORT must be a number, got '$HEALTH_PORT'" ;;
 esac
 case $NC_TEST_TIMEOUT in
     '' | *[!0-9]* | 0) fail "NC_TEST_TIMEOUT must be a number of seconds >= 1, got '$NC_TEST_TIMEOUT'" ;;
@@ -116,7 +124,7 @@ fi
 # In the background and waited for, so a TERM/INT to this script is handled at once (the
 # trap then removes the container) instead of after docker run returns.
 ${timeout_cmd[@]+"${timeout_cmd[@]}"} docker run --rm --init --name "$NAME" --network "$network" \
-    "$NETCAT_IMAGE" sh -c "$inner" nc_test "$SERVER_CONTAINER" "$SERVER_PORT" "$header" \
+    "$NETCAT_IMAGE" sh -c "$inner" nc_test "$SERVER_CONTAINER" "$HEALTH_PORT" "$header" \
     "$PAYLOAD" "$expected_bytes" "$CONNECT_WAIT" "$REPLY_WAIT" >/dev/null &
 wait $!
 status=$?
@@ -124,5 +132,5 @@ case $status in
     0) result success; exit 0 ;;
     124 | 137) fail "timed out after ${NC_TEST_TIMEOUT}s" ;;
     125) fail "docker run failed (image $NETCAT_IMAGE unavailable? network $network?)" ;;
-    *) fail "no matching ECHO answer from $SERVER_CONTAINER:$SERVER_PORT on network $network" ;;
+    *) fail "no matching ECHO answer from $SERVER_CONTAINER:$HEALTH_PORT on network $network" ;;
 esac

@@ -1,12 +1,16 @@
 // Command client is the agency program of the national lottery: it loads its configuration,
-// runs the agency session (internal/agency) and maps the outcome to an exit code: 0 on success
-// or when stopped by SIGTERM/SIGINT, 1 on any error.
+// checks its TLS credentials and builds its TLS configuration (internal/transport), runs the
+// agency session (internal/agency) and maps the outcome to an exit code: 0 on success or when
+// stopped by SIGTERM/SIGINT, 1 on any error. A bad configuration, TLS files included, stops it
+// before anything else with one line: action: config | result: fail | error: <key>: <why>.
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -14,30 +18,46 @@ import (
 	"lottery/client/internal/agency"
 	"lottery/client/internal/config"
 	"lottery/client/internal/logs"
+	"lottery/client/internal/transport"
 )
 
 func main() {
-	os.Exit(run())
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout))
 }
 
-func run() int {
-	configPath := flag.String("config", "", "config file (default: $CLI_CONFIG, else "+config.DefaultPath+")")
-	flag.Parse()
+// run is the program: args are its command-line arguments, getenv reads its environment and
+// its log lines go to stdout. It returns the exit code.
+func run(args []string, getenv func(string) string, stdout io.Writer) int {
+	flags := flag.NewFlagSet("client", flag.ContinueOnError)
+	configPath := flags.String("config", "", "config file (default: $CLI_CONFIG, else "+config.DefaultPath+")")
+	if err := flags.Parse(args); err != nil {
+		// The flag package has printed the problem and the usage (as flag.ExitOnError would).
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
 
 	ctx, stop := notifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	cfg, err := config.Load(*configPath, os.Getenv)
+	cfg, err := config.Load(*configPath, getenv)
+	var tlsConfig *tls.Config
+	if err == nil {
+		// The one place the agency's TLS configuration is built: its files are checked now,
+		// not at the first connection.
+		tlsConfig, err = transport.Client(cfg)
+	}
 	if err != nil {
-		logs.New(os.Stdout, logs.Info).Error("config", logs.Fail, "error", err)
+		logs.New(stdout, logs.Info).Error("config", logs.Fail, "error", err)
 		return 1
 	}
-	log := logs.New(os.Stdout, cfg.LogLevel)
+	log := logs.New(stdout, cfg.LogLevel)
 	log.Info("config", logs.Success, "client_id", cfg.ID, "server_address", cfg.ServerAddress,
 		"batch_max_amount", cfg.BatchMaxAmount, "batch_window", cfg.BatchWindow,
 		"data_path", cfg.DataPath, "log_level", cfg.LogLevel)
 
-	a, err := agency.New(cfg, log)
+	a, err := agency.New(cfg, tlsConfig, log)
 	if err != nil {
 		log.Error("exit", logs.Fail, "error", err)
 		return 1

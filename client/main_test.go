@@ -1,14 +1,28 @@
-// Tests of the signal plumbing: a signal cancels the context with a cause that names it.
+// Tests of the program: the signal plumbing (a signal cancels the context with a cause that
+// names it), a bad TLS file stopping it at start with one config line naming the key, and an
+// AGENCY_MISMATCH refusal ending it with exit code 1.
 
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"lottery/client/internal/certs"
+	"lottery/client/internal/protocol"
 )
 
 func TestNotifyContextNamesTheSignal(t *testing.T) {
@@ -71,5 +85,146 @@ func TestSignalName(t *testing.T) {
 		if got := signalName(tt.cause); got != tt.want {
 			t.Errorf("signalName(%v) = %q, want %q", tt.cause, got, tt.want)
 		}
+	}
+}
+
+// credentials issues a CA, a central certificate for 127.0.0.1 and agencies 1..3 into a new
+// temporary directory.
+func credentials(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := certs.Issue(certs.Request{Dir: dir, Agencies: 3, ServerNames: []string{"127.0.0.1"}, Days: 1, CADays: 2}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// agencyEnv is agency 3's environment: the credentials of dir, the central at addr, a bets
+// file of one bet.
+func agencyEnv(t *testing.T, dir, addr string) map[string]string {
+	t.Helper()
+	data := filepath.Join(t.TempDir(), "agency.csv")
+	if err := os.WriteFile(data, []byte("Ana,Lopez,1,1990-01-01,7\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{
+		"CLI_ID":               "3",
+		"CLI_SERVER_ADDRESS":   addr,
+		"CLI_DATA_PATH":        data,
+		"CLI_RETRY_ATTEMPTS":   "2",
+		"CLI_IO_TIMEOUT":       "5s",
+		"CLI_TLS_CA":           filepath.Join(dir, certs.CAFile),
+		"CLI_TLS_CERT":         filepath.Join(dir, certs.AgencyFile(3)),
+		"CLI_TLS_KEY":          filepath.Join(dir, certs.AgencyKeyFile(3)),
+		"CLI_RETRY_MAXBACKOFF": "100ms",
+	}
+}
+
+// runProgram runs the program with env (and no config file) and returns its exit code and
+// its log lines.
+func runProgram(env map[string]string) (int, []string) {
+	var out bytes.Buffer
+	code := run([]string{"-config", os.DevNull}, func(k string) string { return env[k] }, &out)
+	return code, strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+}
+
+var line = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (\w+) (.*)$`)
+
+// TestBadTLSFileStopsAtStart checks a bad TLS file stops the program before it connects, with
+// exit code 1 and one line naming the key.
+func TestBadTLSFileStopsAtStart(t *testing.T) {
+	dir := credentials(t)
+	tests := []struct {
+		name   string
+		env    map[string]string
+		prefix string
+	}{
+		{"missing CA", map[string]string{"CLI_TLS_CA": filepath.Join(dir, "missing.pem")}, "error: tls.ca: open "},
+		{"key of another certificate", map[string]string{"CLI_TLS_KEY": filepath.Join(dir, certs.AgencyKeyFile(1))}, "error: tls.key: "},
+		{"certificate of agency 2 as agency 3", map[string]string{
+			"CLI_TLS_CERT": filepath.Join(dir, certs.AgencyFile(2)), "CLI_TLS_KEY": filepath.Join(dir, certs.AgencyKeyFile(2)),
+		}, `error: tls.cert: ` + filepath.Join(dir, certs.AgencyFile(2)) + ` is the certificate of "agency-2", but this agency is id 3`},
+		{"a bad server name", map[string]string{"CLI_TLS_SERVERNAME": "server:12345"}, "error: tls.serverName: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := agencyEnv(t, dir, "127.0.0.1:1") // nothing may dial it
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			code, lines := runProgram(env)
+			if code != 1 || len(lines) != 1 {
+				t.Fatalf("exit %d with %d lines, want 1 with one line:\n%s", code, len(lines), strings.Join(lines, "\n"))
+			}
+			m := line.FindStringSubmatch(lines[0])
+			if m == nil || m[1] != "ERROR" || !strings.HasPrefix(m[2], "action: config | result: fail | "+tt.prefix) {
+				t.Fatalf("line %q, want ERROR action: config | result: fail | %s...", lines[0], tt.prefix)
+			}
+		})
+	}
+}
+
+// TestAgencyMismatchExitsWithOne runs the program against a central that refuses its HELLO
+// with AGENCY_MISMATCH: it stops at once with exit code 1 and the refusal on its exit line.
+func TestAgencyMismatchExitsWithOne(t *testing.T) {
+	dir := credentials(t)
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, certs.ServerFile), filepath.Join(dir, certs.ServerKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, certs.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{pair},
+		ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const reason = "the certificate is agency-2's, the message names agency 3"
+	served := make(chan error, 1)
+	go func() {
+		served <- func() error {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			m, err := protocol.ReadFrame(br)
+			if err != nil {
+				return err
+			}
+			if _, ok := m.(protocol.Hello); !ok {
+				return fmt.Errorf("got %s, want HELLO", m.Type())
+			}
+			bw := bufio.NewWriter(c)
+			if err := protocol.Send(bw, protocol.Error{Code: protocol.CodeAgencyMismatch, Reason: reason}); err != nil {
+				return err
+			}
+			_, err = protocol.ReadFrame(br) // until the agency closes
+			if !errors.Is(err, net.ErrClosed) && !strings.Contains(fmt.Sprint(err), "EOF") {
+				return fmt.Errorf("after the refusal: %v, want the agency to close", err)
+			}
+			return nil
+		}()
+	}()
+	code, lines := runProgram(agencyEnv(t, dir, ln.Addr().String()))
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("ERROR action: exit | result: fail | error: server refused: code AGENCY_MISMATCH, position 0, reason %q", reason)
+	last := lines[len(lines)-1]
+	if code != 1 || !strings.HasSuffix(last, want) {
+		t.Fatalf("exit %d, last line %q; want 1 and %q\n%s", code, last, want, strings.Join(lines, "\n"))
+	}
+	if log := strings.Join(lines, "\n"); strings.Contains(log, "attempt: ") || !strings.Contains(log, "INFO action: connect | result: success | server_address: ") {
+		t.Fatalf("want one connection, not retried:\n%s", log)
 	}
 }

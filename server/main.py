@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from lottery import config as server_config
-from lottery import logs
+from lottery import logs, transport
 from lottery.storage import RoundMismatch, StorageError, StorageInUse
 from lottery.supervisor import Supervisor
 
@@ -32,10 +32,15 @@ def main() -> int:
     except server_config.ConfigError as err:
         log.error("action: config | result: fail | key: %s | error: %s", err.key, err.problem)
         return 1
+    try:
+        tls = transport.server_context(config.tls_ca, config.tls_cert, config.tls_key)
+    except transport.TLSConfigError as err:
+        log.error("action: config | result: fail | key: %s | error: %s", err.key, err.problem)
+        return 1
     logs.setup(config.logging_level)
     log.info("action: config | result: success | %s", config.log_fields())
     try:
-        return Supervisor(config).run()
+        return Supervisor(config, tls).run()
     except StorageInUse as err:
         log.error(
             "action: storage_lock | result: fail | storage: %s | holder: %s | reason: another central is running on"

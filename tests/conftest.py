@@ -8,10 +8,13 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -31,10 +34,59 @@ DEFAULT_WINNERS = {1: 3, 2: 0, 3: 2, 4: 5, 5: 1}
 WINNERS_LINE = re.compile(r"action: consulta_ganadores \| result: success \| cant_ganadores: (\d+)")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# Test credentials, issued once per session by the project's own issuing code (client/cmd/certs)
+# into a temporary directory: no private key is ever committed. Agencies 1..TEST_AGENCIES.
+TEST_AGENCIES = 250
+CREDENTIALS = Path(tempfile.mkdtemp(prefix="lottery-test-credentials-"))
+
+
+def issue_credentials(directory: Path, agencies: int, *extra: str) -> list[str]:
+    """Run the issuing command (go run ./cmd/certs); returns the names of the files it created."""
+    result = subprocess.run(
+        ["go", "run", "-mod=vendor", "./cmd/certs", "-dir", str(directory), "-agencies", str(agencies), *extra],
+        cwd=CLIENT_DIR, capture_output=True, text=True, timeout=300, env={**os.environ, "CGO_ENABLED": "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    return [line.split("/")[-1] for line in result.stdout.splitlines()]
+
+
+def tls_env() -> dict[str, str]:
+    """The server's TLS settings for the test credentials."""
+    return {"TLS_CA": str(CREDENTIALS / "ca.pem"), "TLS_CERT": str(CREDENTIALS / "server.pem"),
+            "TLS_KEY": str(CREDENTIALS / "server-key.pem")}
+
+
+_AGENCY_CONTEXTS: dict[int, ssl.SSLContext] = {}
+
+
+def agency_context(agency: int, credentials: Path = CREDENTIALS) -> ssl.SSLContext:
+    """A TLS 1.3 client context with agency `agency`'s certificate (as the Go agency's)."""
+    if credentials == CREDENTIALS and agency in _AGENCY_CONTEXTS:
+        return _AGENCY_CONTEXTS[agency]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(cafile=str(credentials / "ca.pem"))
+    context.load_cert_chain(str(credentials / f"agency-{agency}.pem"), str(credentials / f"agency-{agency}-key.pem"))
+    if credentials == CREDENTIALS:
+        _AGENCY_CONTEXTS[agency] = context
+    return context
+
+
+@pytest.fixture(scope="session", autouse=True)
+def credentials() -> Iterator[Path]:
+    issue_credentials(CREDENTIALS, TEST_AGENCIES)
+    yield CREDENTIALS
+    shutil.rmtree(CREDENTIALS, ignore_errors=True)
+
+
+def free_port(*taken: int) -> int:
+    """A port nobody listens on now, other than `taken` (a port just released may come back)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in taken:
+            return port
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
@@ -53,6 +105,7 @@ class ServerProcess:
     def __init__(self, storage: Path, log_path: Path, agencies: int = 1, port: int | None = None,
                  **env: object) -> None:
         self.port = port or free_port()
+        self.health_port = int(env.pop("HEALTH_PORT", 0)) or free_port(self.port)
         self.storage = storage
         self.log_path = log_path
         self.env = {
@@ -64,6 +117,8 @@ class ServerProcess:
             "WORKERS": "2",
             "IDLE_TIMEOUT": "30",
             "SHUTDOWN_TIMEOUT": "3",
+            "HEALTH_PORT": str(self.health_port),
+            **tls_env(),
             **{key: str(value) for key, value in env.items()},
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -141,10 +196,15 @@ def start_server(tmp_path: Path) -> Iterator:
 
 
 class Peer:
-    """A raw protocol connection to the server, for tests that speak bytes."""
+    """A raw protocol connection to the server, for tests that speak bytes: mutual TLS as agency
+    `agency` (its test certificate), or plaintext with agency=None (the health port, attacks)."""
 
-    def __init__(self, port: int, timeout: float = 10) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10, agency: int | None = 1,
+                 context: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if context is None and agency is not None:
+            context = agency_context(agency)
+        self.sock = sock if context is None else context.wrap_socket(sock, server_hostname="localhost")
 
     def send(self, msg: protocol.Message) -> None:
         self.sock.sendall(protocol.encode(msg))
@@ -165,21 +225,86 @@ class Peer:
         return protocol.read_frame(self.read_exact)
 
     def closed_by_server(self) -> bool:
+        """Whether the server ended the connection before sending one more byte: EOF, a reset,
+        or a fatal TLS alert (OpenSSL sends one when it meets an EOF in the middle of a record)."""
         try:
             return self.sock.recv(1) == b""
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLError):
             return True
+
+    def shutdown_write(self) -> None:
+        """Hang up the sending side (a TCP half-close) and keep reading: over TLS too, without a
+        close_notify (ssl.SSLSocket.shutdown would also drop the TLS state the answers need)."""
+        socket.socket.shutdown(self.sock, socket.SHUT_WR)
 
     def close(self) -> None:
         self.sock.close()
+
+    @classmethod
+    def handshake_pending(cls, port: int, agency: int, timeout: float = 10) -> "Peer":
+        """A TLS connection of agency `agency` whose handshake is started (the ClientHello is
+        sent) but not finished: for connections the server has not accepted yet. Finish it with
+        `finish_handshake`."""
+        peer = cls.__new__(cls)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        peer.sock = agency_context(agency).wrap_socket(raw, server_hostname="localhost",
+                                                       do_handshake_on_connect=False)
+        peer.sock.setblocking(False)
+        try:
+            peer.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        peer.sock.settimeout(timeout)
+        return peer
+
+    def finish_handshake(self, timeout: float = 10) -> None:
+        self.sock.settimeout(timeout)
+        self.sock.do_handshake()
+
+
+def health_echo(port: int, payload: bytes = b"are you there?", timeout: float = 5) -> bool:
+    """One ECHO on the plaintext health port (`ServerProcess.health_port`): whether the same
+    bytes came back, i.e. the central is up and serving."""
+    try:
+        peer = Peer(port, timeout, agency=None)
+    except OSError:
+        return False
+    try:
+        peer.send(protocol.Echo(payload))
+        return peer.recv() == protocol.Echo(payload)
+    except (OSError, EOFError, protocol.ProtocolError):
+        return False
+    finally:
+        peer.close()
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit (for tests that hold
+    thousands of sockets); returns the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def run_server_foreground(storage: Path, timeout: float = 20, **env: object) -> subprocess.CompletedProcess[str]:
+    """The server in the foreground (one worker, the test credentials, free ports), for starts
+    that must fail: its whole output in `.stdout`, its exit code in `.returncode`."""
+    full = {**os.environ, "SERVER_IP": "127.0.0.1", "SERVER_PORT": str(free_port()),
+            "HEALTH_PORT": str(free_port()), "STORAGE_DIR": str(storage), "WORKERS": "1", **tls_env(),
+            **{k: str(v) for k, v in env.items()}}
+    return subprocess.run([sys.executable, str(SERVER_DIR / "main.py")], env=full, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture
 def peers() -> Iterator:
     opened: list[Peer] = []
 
-    def connect(port: int, timeout: float = 10) -> Peer:
-        peer = Peer(port, timeout)
+    def connect(port: int, timeout: float = 10, agency: int | None = 1, context: ssl.SSLContext | None = None) -> Peer:
+        peer = Peer(port, timeout, agency, context)
         opened.append(peer)
         return peer
 
@@ -210,6 +335,10 @@ def agency_env(agency: int, port: int, data: Path, **extra: object) -> dict[str,
         "CLI_SERVER_ADDRESS": f"127.0.0.1:{port}",
         "CLI_DATA_PATH": str(data),
         "CLI_LOG_LEVEL": "INFO",
+        "CLI_TLS_CA": str(CREDENTIALS / "ca.pem"),
+        "CLI_TLS_CERT": str(CREDENTIALS / f"agency-{agency}.pem"),
+        "CLI_TLS_KEY": str(CREDENTIALS / f"agency-{agency}-key.pem"),
+        "CLI_TLS_SERVERNAME": "localhost",
         **{key: str(value) for key, value in extra.items()},
     }
 

@@ -167,7 +167,10 @@ def test_a_missing_data_file_fails_clearly(start_server, launch, tmp_path) -> No
 
 
 def test_bad_input_from_a_raw_socket_does_not_harm_running_agencies(start_server, launch) -> None:
-    server = start_server(agencies=3)
+    """Every attack is sent twice while three real agencies run: in plaintext (its handshake
+    fails), and inside the TLS session of agency 4, a real agency of the round whose program
+    misbehaves (messages naming agencies 1..3 are refused as AGENCY_MISMATCH)."""
+    server = start_server(agencies=4)
     clients = [launch(a, server.port, DATA / f"agency-{a}.csv", CLI_BATCH_MAXAMOUNT=50) for a in range(1, 4)]
     attacks = [
         bytes.fromhex("0101ffffffff"),
@@ -180,15 +183,31 @@ def test_bad_input_from_a_raw_socket_does_not_harm_running_agencies(start_server
         protocol.encode(protocol.Bet(3, 1, 1, 0, protocol.bet_lines([bet("1")])))[:20],  # then hang up mid-frame
     ]
     for raw in attacks:
-        peer = Peer(server.port)
-        peer.send_raw(raw)
-        peer.close()
+        for agency in (None, 4):
+            peer = Peer(server.port, agency=agency)
+            try:  # send, hang up, and read whatever comes until the central closes
+                peer.send_raw(raw)
+                peer.shutdown_write()
+                while peer.sock.recv(4096):
+                    pass
+            except OSError:
+                pass  # a plaintext attacker's connection is reset
+            peer.close()
+    server.wait_log(r"action: handshake \| result: fail \| peer: \S+ \| reason: not a TLS ClientHello",
+                    count=len(attacks))
+    server.wait_log(r"result: fail \| .*code: AGENCY_MISMATCH \| reason: the certificate is agency-4's")
+    finisher = Peer(server.port, agency=4)  # agency 4 has no bets: its FIN lets the round be drawn
+    finisher.send(protocol.Fin(4, 0, 0))
+    assert finisher.recv() == protocol.FinAck(4)
     for client in clients:
         assert client.wait() == 0, client.log()[-2000:]
         assert client.winners() == DEFAULT_WINNERS[client.agency]
     expected = sum(data_rows(DATA / f"agency-{a}.csv") for a in range(1, 4))
     wait_until(lambda: len(stored_documents(server.storage)) == expected, 5, "every bet stored")
     assert len(set(stored_documents(server.storage))) == expected
+    finisher.send(protocol.WinnersQuery(4))
+    assert finisher.recv() == protocol.Winners(4, True, ())
+    finisher.close()
 
 
 def test_per_bet_lines_appear_only_at_debug(start_server, launch, tmp_path) -> None:

@@ -17,7 +17,6 @@ exactly once and that the winners (number 7574) are exact.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 import shutil
@@ -92,12 +91,12 @@ def kill_at_first_fdatasync(pid: int, out: Path):
 class Syscall:
     name: str
     fd: int
-    data: bytes  # the buffer, for recvfrom/sendto
+    data: bytes  # the buffer, for recvfrom/sendto/read/write
     result: int | None  # None when the call did not return (killed)
 
 
 SYSCALL_LINE = re.compile(
-    r'^(?P<name>recvfrom|sendto|fdatasync)\((?P<fd>\d+)(?:, "(?P<data>(?:\\x[0-9a-f]{2})*)")?.*'
+    r'^(?P<name>recvfrom|sendto|read|write|fdatasync)\((?P<fd>\d+)(?:, "(?P<data>(?:\\x[0-9a-f]{2})*)")?.*'
     r"=\s+(?P<result>-?\d+|\?)"
 )
 
@@ -114,27 +113,51 @@ def read_trace(out: Path) -> list[Syscall]:
     return calls
 
 
-def frames(data: bytes) -> list[protocol.Message]:
-    """The whole frames in a sent buffer."""
-    buffer, messages = io.BytesIO(data), []
-    while buffer.tell() < len(data):
-        messages.append(protocol.read_frame(buffer.read))
-    return messages
+# A TLS 1.3 record around n bytes of application data: a 5-byte header, the data, its 1-byte
+# content type and a 16-byte AEAD tag (the agencies' connections are mutual TLS 1.3).
+TLS_RECORD_OVERHEAD = 5 + 1 + 16
+RECEIVES, SENDS = ("recvfrom", "read"), ("sendto", "write")  # OpenSSL reads and writes a socket with read/write
 
 
-def assert_synced_between(calls: list[Syscall], worker: int, request: bytes, answer) -> None:
-    """After the recvfrom that carried `request`, the first sendto on that connection carries a
-    frame `answer(frame)` accepts, and both bets.csv and journal.log were fdatasync'ed in between."""
-    received = next((i for i, c in enumerate(calls) if c.name == "recvfrom" and request in c.data), None)
-    assert received is not None, f"no recvfrom carried {request.hex()}: {calls}"
-    conn = calls[received].fd
-    sent = next((i for i in range(received + 1, len(calls))
-                 if calls[i].name == "sendto" and calls[i].fd == conn), None)
-    assert sent is not None, f"no answer was sent on fd {conn}: {calls[received:]}"
-    assert any(answer(m) for m in frames(calls[sent].data)), frames(calls[sent].data)
-    synced = {os.path.basename(os.readlink(f"/proc/{worker}/fd/{c.fd}"))
-              for c in calls[received + 1 : sent] if c.name == "fdatasync" and c.result == 0}
-    assert {"bets.csv", "journal.log"} <= synced, f"answered before a sync: {calls[received : sent + 1]}"
+def server_fd(worker: int, port: int, peer: Peer) -> int:
+    """The worker's descriptor of `peer`'s connection: the socket whose local port is the
+    server's `port` and whose remote port is the peer's, found in /proc/net/tcp by inode."""
+    client_port = peer.sock.getsockname()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == client_port:
+            inode = fields[9]
+    assert inode is not None, f"no server socket for the peer at port {client_port}"
+    for entry in Path(f"/proc/{worker}/fd").iterdir():
+        try:
+            if os.readlink(entry) == f"socket:[{inode}]":
+                return int(entry.name)
+        except OSError:
+            continue
+    raise AssertionError(f"worker {worker} holds no descriptor for socket {inode}")
+
+
+def assert_answered_after_syncs(calls: list[Syscall], worker: int, fd: int, answers: list[protocol.Message]) -> None:
+    """The requests on connection `fd` were sent one at a time, each after the previous answer
+    arrived. For each, in order: the first send on `fd` after the first receive of the request
+    carries exactly its answer (the bytes are encrypted: one TLS record of the answer's size),
+    and both bets.csv and journal.log were fdatasync'ed between the two."""
+    position = 0
+    for answer in answers:
+        received = next((i for i in range(position, len(calls)) if calls[i].name in RECEIVES
+                         and calls[i].fd == fd and (calls[i].result or 0) > 0), None)
+        assert received is not None, f"no request arrived on fd {fd} for {answer}: {calls[position:]}"
+        sent = next((i for i in range(received + 1, len(calls))
+                     if calls[i].name in SENDS and calls[i].fd == fd), None)
+        assert sent is not None, f"no answer was sent on fd {fd}: {calls[received:]}"
+        size = len(protocol.encode(answer)) + TLS_RECORD_OVERHEAD
+        assert calls[sent].result == size, f"sendto of {calls[sent].result} bytes, want one record of {answer}"
+        synced = {os.path.basename(os.readlink(f"/proc/{worker}/fd/{c.fd}"))
+                  for c in calls[received + 1 : sent] if c.name == "fdatasync" and c.result == 0}
+        assert {"bets.csv", "journal.log"} <= synced, f"answered before a sync: {calls[received : sent + 1]}"
+        position = sent + 1
 
 
 # --- the protocol and the storage ----------------------------------------------------------------
@@ -180,14 +203,14 @@ def test_a_worker_killed_between_the_last_fin_and_its_sync_still_gets_the_draw(s
     server = start_server(agencies=2, WORKERS=1)
     bets = {1: [bet("101", "7574"), bet("102", "5")], 2: [bet("201", "7574"), bet("202", "7575", last="Paz, Ruiz")]}
     senders = {1: AgencyBets(1), 2: AgencyBets(2)}
-    one = peers(server.port)
+    one = peers(server.port, agency=1)
     one.send(senders[1].batch(bets[1]))
     assert one.recv() == protocol.Ack(1, 2)
     one.send(senders[1].fin())
     assert one.recv() == protocol.FinAck(1)
     one.send(protocol.WinnersQuery(1))
     server.wait_log(r"consulta_ganadores \| result: in_progress \| agency: 1")
-    two = peers(server.port)
+    two = peers(server.port, agency=2)
     two.send(senders[2].batch(bets[2]))
     assert two.recv() == protocol.Ack(2, 2)
 
@@ -202,7 +225,7 @@ def test_a_worker_killed_between_the_last_fin_and_its_sync_still_gets_the_draw(s
     # Nobody sends anything more: the supervisor finds the FIN in the journal on its own.
     server.wait_log(r"action: sorteo \| result: success", timeout=5)
 
-    one, two = peers(server.port), peers(server.port)
+    one, two = peers(server.port, agency=1), peers(server.port, agency=2)
     two.send(protocol.Hello(2))
     assert two.recv() == senders[2].resume(finished=True)  # the FIN is in the journal
     two.send(senders[2].fin())
@@ -227,23 +250,22 @@ def test_duplicate_fin_is_answered_only_after_a_sync(start_server, peers, tmp_pa
     assert peer.recv() == protocol.FinAck(1)
 
     worker = only_worker(server)
+    fd = server_fd(worker, server.port, peer)
     trace = tmp_path / "answers.trace"
-    resent, fin = protocol.encode(agency.batches[-1]), protocol.encode(agency.fin())
-    hello = protocol.encode(protocol.Hello(1))
-    with strace(worker, trace, "-xx", "-s", "65536", "-e", "trace=fdatasync,sendto,recvfrom"):
-        peer.send_raw(resent)  # already stored: the duplicate ACK must state a durable fact too
-        assert peer.recv() == protocol.Ack(1, 2)
-        peer.send_raw(fin)
-        expect_error(peer.recv(), ErrorCode.DUPLICATE_FIN)
-        peer.send_raw(hello)  # RESUME states durable facts too
-        assert peer.recv() == agency.resume(finished=True)
-    calls = read_trace(trace)
-    assert_synced_between(calls, worker, resent, lambda m: m == protocol.Ack(1, 2))
-    assert_synced_between(calls, worker, fin,
-                          lambda m: isinstance(m, protocol.Error) and m.code is ErrorCode.DUPLICATE_FIN)
-    assert_synced_between(calls, worker, hello, lambda m: m == agency.resume(finished=True))
+    answers = []
+    with strace(worker, trace, "-xx", "-s", "65536", "-e", "trace=fdatasync,sendto,recvfrom,read,write"):
+        peer.send(agency.batches[-1])  # already stored: the duplicate ACK must state a durable fact too
+        answers.append(peer.recv())
+        assert answers[-1] == protocol.Ack(1, 2)
+        peer.send(agency.fin())
+        answers.append(peer.recv())
+        expect_error(answers[-1], ErrorCode.DUPLICATE_FIN)
+        peer.send(protocol.Hello(1))  # RESUME states durable facts too
+        answers.append(peer.recv())
+        assert answers[-1] == agency.resume(finished=True)
+    assert_answered_after_syncs(read_trace(trace), worker, fd, answers)
 
-    other = peers(server.port)
+    other = peers(server.port, agency=2)
     other.send(protocol.Fin(2, 0, 0))
     assert other.recv() == protocol.FinAck(2)
     peer.send(protocol.WinnersQuery(1))
@@ -258,14 +280,14 @@ def test_an_fdatasync_error_after_a_fin_stops_the_central_and_the_restart_draws(
     port = server.port
     bets = {1: [bet("401", "7574"), bet("402", "1")], 2: [bet("501", "3"), bet("502", "7574", first='"Tana"')]}
     senders = {1: AgencyBets(1), 2: AgencyBets(2)}
-    one = peers(port)
+    one = peers(port, agency=1)
     one.send(senders[1].batch(bets[1]))
     assert one.recv() == protocol.Ack(1, 2)
     one.send(senders[1].fin())
     assert one.recv() == protocol.FinAck(1)
     one.send(protocol.WinnersQuery(1))
     server.wait_log(r"consulta_ganadores \| result: in_progress \| agency: 1")
-    two = peers(port)
+    two = peers(port, agency=2)
     two.send(senders[2].batch(bets[2]))
     assert two.recv() == protocol.Ack(2, 2)
 
@@ -282,7 +304,7 @@ def test_an_fdatasync_error_after_a_fin_stops_the_central_and_the_restart_draws(
 
     # The next start decides from the disk whether the FIN was kept; either way the round ends.
     server = start_server(agencies=2, storage=storage, port=port, WORKERS=1)
-    one, two = peers(port), peers(port)
+    one, two = peers(port, agency=1), peers(port, agency=2)
     two.send(protocol.Hello(2))
     told = two.recv()
     assert isinstance(told, protocol.Resume) and (told.stored, told.chain) == (2, senders[2].chain), told

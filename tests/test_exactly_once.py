@@ -101,9 +101,9 @@ def test_resume_says_what_is_stored_and_survives_a_crash(start_server, peers, tm
     stored = protocol.Resume(1, 7, protocol.chain(protocol.bet_lines(bets)), False)
     assert peer.recv() == stored
     assert stored.chain == protocol.chain(protocol.bet_lines(bets[3:]), protocol.chain(protocol.bet_lines(bets[:3])))
-    other = peers(server.port)  # any connection, whichever worker serves it
+    other = peers(server.port)  # agency 1's next connection, whichever worker serves it
     assert resume(other, 1) == stored
-    assert resume(other, 2) == protocol.Resume(2, 0, 0, False)
+    assert resume(peers(server.port, agency=2), 2) == protocol.Resume(2, 0, 0, False)
     server.wait_log(r"action: hello \| result: success \| agency: 1 \| stored: 7 \| chain: "
                     + f"{stored.chain:08x}" + r" \| finished: 0")
     server.kill()
@@ -120,7 +120,7 @@ def test_resume_says_what_is_stored_and_survives_a_crash(start_server, peers, tm
     server = start_server(agencies=2, storage=storage)
     peer = peers(server.port)
     assert resume(peer, 1) == finished
-    assert resume(peer, 2) == protocol.Resume(2, 0, 0, False)
+    assert resume(peers(server.port, agency=2), 2) == protocol.Resume(2, 0, 0, False)
     assert csv_rows(storage) == [row(1, b) for b in bets]
 
 
@@ -191,8 +191,9 @@ def test_an_exact_resend_of_the_last_batch_is_acknowledged_and_stored_once(start
     again.send(last)
     again.send(last)
     assert [again.recv(), again.recv()] == [protocol.Ack(1, 10), protocol.Ack(1, 10)]
+    assert peer.closed_by_server()  # the new session superseded the old one
     server.wait_log(r"action: batch_duplicate \| result: success \| agency: 1 \| seq: 6", count=3)
-    assert_nothing_more_stored(server, peer, agency, bets)
+    assert_nothing_more_stored(server, again, agency, bets)
 
 
 @pytest.mark.parametrize(
@@ -266,7 +267,7 @@ def test_a_second_program_claiming_the_agency_is_refused(start_server, peers) ->
     never stores anything on top of the first one's bets."""
     server = start_server()
     owner, bets, _ = store_two_batches_of_five(server, peers)
-    intruder = peers(server.port)
+    intruder = peers(server.port)  # it holds agency 1's credentials too
     theirs = AgencyBets(1)
     other_bets = [bet(str(5000 + n), first="Otro, Nombre") for n in range(10)]
     intruder.send(theirs.batch(other_bets[:5]))
@@ -310,7 +311,7 @@ def test_fin_rules(start_server, peers) -> None:
     assert resume(peer, 1) == protocol.Resume(1, 10, chain_of(bets[:10]), True)
     assert csv_rows(server.storage) == [row(1, b) for b in bets[:10]]
 
-    empty = peers(server.port)  # an agency without bets: FIN 0 with chain 0, and nothing else
+    empty = peers(server.port, agency=2)  # an agency without bets: FIN 0 with chain 0, and nothing else
     empty.send(protocol.Fin(2, 0, 1))
     expect_error(empty.recv(), ErrorCode.BETS_MISMATCH)
     empty.send(protocol.Fin(2, 0, 0))

@@ -8,19 +8,17 @@ stored exactly once.
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import (DATA, DEFAULT_WINNERS, SERVER_DIR, AgencyBets, Peer, batch, bet, csv_rows, free_port, row,
-                      stored_documents, worker_pids)
+from conftest import (DATA, DEFAULT_WINNERS, AgencyBets, Peer, batch, bet, csv_rows, health_echo, row,
+                      run_server_foreground, stored_documents, worker_pids)
 from lottery import protocol
 from lottery.protocol import ErrorCode
 
@@ -40,11 +38,8 @@ def rows(storage: Path) -> list[list[str]]:
 
 
 def run_server(storage: Path, timeout: float = 20, **env: object) -> subprocess.CompletedProcess[str]:
-    """The server in the foreground, for starts that must fail."""
-    full = {**os.environ, "SERVER_IP": "127.0.0.1", "SERVER_PORT": str(free_port()), "STORAGE_DIR": str(storage),
-            "WORKERS": "1", **{k: str(v) for k, v in env.items()}}
-    return subprocess.run([sys.executable, str(SERVER_DIR / "main.py")], env=full, capture_output=True, text=True,
-                          timeout=timeout)
+    """The server in the foreground, for starts that must fail (with the test credentials)."""
+    return run_server_foreground(storage, timeout, **env)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -82,8 +77,18 @@ def test_a_second_central_on_the_same_storage_refuses_and_touches_nothing(start_
 # --- no blocking between processes -----------------------------------------------------------
 
 
-def test_bursts_of_short_and_idle_connections_never_block_the_central(start_server, peers) -> None:
-    server = start_server(WORKERS=1, WORKER_CONNECTIONS=2000, IDLE_TIMEOUT=2)
+@pytest.mark.parametrize("admission", ["deadline", "budget"])
+def test_bursts_of_short_and_idle_connections_never_block_the_central(start_server, peers, admission) -> None:
+    """900 idle and 2,000 short plaintext connections on the agencies' port. None of them
+    authenticates (none sends a ClientHello), so they never take one of the WORKER_CONNECTIONS
+    slots and never block an agency: they are closed by HANDSHAKE_TIMEOUT (`deadline`: the
+    budget holds them all, and the 900 idle ones are swept together) or by HANDSHAKE_BUDGET
+    (`budget`: 64, overflowed at once: the oldest make room for the newer ones, and the deadline
+    closes the last 64)."""
+    timed_out = r"reason: no TLS handshake within 2s \(HANDSHAKE_TIMEOUT\)"
+    evicted = r"reason: closed for a newer connection: 64 connections of worker 1 had not authenticated"
+    budget = 4000 if admission == "deadline" else 64
+    server = start_server(WORKERS=1, WORKER_CONNECTIONS=2000, HANDSHAKE_TIMEOUT=2, HANDSHAKE_BUDGET=budget)
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(900)]
     opened = time.monotonic()
     try:
@@ -97,10 +102,25 @@ def test_bursts_of_short_and_idle_connections_never_block_the_central(start_serv
                 break  # the backlog is full: the central stopped accepting
             burst += 1
         assert burst >= 2000, f"only {burst} connections were accepted"
-        probe = peers(server.port, timeout=5)
+        probe = peers(server.port, timeout=5)  # an agency: mutual TLS, then ECHO
         probe.send(protocol.Echo(b"during the burst"))
         assert probe.recv() == protocol.Echo(b"during the burst")
-        server.wait_log(r"code: IDLE_TIMEOUT", count=900, timeout=20)  # the sweep closes all 900 at once
+        assert health_echo(server.health_port)
+        # Every idle connection is closed by the central (the sweep closes all 900 at once).
+        if admission == "deadline":
+            server.wait_log(r"action: handshake \| result: fail \| peer: \S+ \| " + timed_out, count=900, timeout=20)
+            assert "HANDSHAKE_BUDGET" not in server.log()
+        else:
+            server.wait_log(r"action: handshake \| result: fail \| peer: \S+ \| " + evicted, count=900 - 64)
+            server.wait_log(r"action: handshake \| result: fail \| peer: \S+ \| " + timed_out)
+        for sock in idle:
+            sock.settimeout(5)
+            try:
+                assert sock.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        assert "IDLE_TIMEOUT" not in server.log()  # they never became sessions
+        probe.close()
         fresh = peers(server.port)
         fresh.send(protocol.Echo(b"after the sweep"))
         assert fresh.recv() == protocol.Echo(b"after the sweep")
@@ -118,16 +138,18 @@ def test_accept_out_of_descriptors_is_logged_and_survived(start_server, peers) -
     worker = worker_pids(server.proc.pid)[0]
     _, hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)
     resource.prlimit(worker, resource.RLIMIT_NOFILE, (40, hard))
-    held = [Peer(server.port) for _ in range(60)]  # more than the worker can hold open
+    # Plaintext connections (no TLS handshake): more than the worker can hold open.
+    held = [Peer(server.port, agency=None) for _ in range(60)]
     try:
         server.wait_log(r"action: accept \| result: fail \| worker: 1 \| error: .*Too many open files")
     finally:
         for peer in held:
             peer.close()
     resource.prlimit(worker, resource.RLIMIT_NOFILE, (min(4096, hard), hard))
-    peer = peers(server.port)
+    peer = peers(server.port)  # an agency's mutual-TLS connection
     peer.send(protocol.Echo(b"still serving"))
     assert peer.recv() == protocol.Echo(b"still serving")
+    assert health_echo(server.health_port)
     assert worker_pids(server.proc.pid) == [worker]  # the same worker, and the supervisor, survived
     assert server.stop() == 0
 
@@ -204,7 +226,7 @@ def test_pipelined_valid_and_invalid_frames_are_answered_in_order(start_server, 
         protocol.encode(protocol.Hello(1)),
         protocol.encode(first),
         protocol.encode(protocol.Bet(1, 2, 1, agency.chain, b"Ana,Lopez,3x,1990-01-01,1\n")),  # invalid document
-        protocol.encode(batch(3, 1, [bet("33")])),  # agency 3 of 2
+        protocol.encode(batch(3, 1, [bet("33")])),  # agency 3 of 2, on agency 1's connection
         bytes.fromhex("02ee00000002abcd"),  # unknown type
         protocol.encode(batch(1, 2, [bet("34")], agency.chain ^ 1)),  # another chain
         protocol.encode(agency.batch([bet("32", "7574", first="Paz, Ana")])),
@@ -217,7 +239,7 @@ def test_pipelined_valid_and_invalid_frames_are_answered_in_order(start_server, 
     answers = [peer.recv() for _ in range(12)]
     assert answers[:2] == [protocol.Resume(1, 0, 0, False), protocol.Ack(1, 1)]
     expect_error(answers[2], ErrorCode.INVALID_BET, position=2)
-    expect_error(answers[3], ErrorCode.UNKNOWN_AGENCY, position=1)
+    expect_error(answers[3], ErrorCode.AGENCY_MISMATCH, position=1)
     expect_error(answers[4], ErrorCode.UNKNOWN_TYPE)
     expect_error(answers[5], ErrorCode.BETS_MISMATCH, position=2)
     assert answers[6] == protocol.Ack(1, 2)
@@ -226,7 +248,8 @@ def test_pipelined_valid_and_invalid_frames_are_answered_in_order(start_server, 
     expect_error(answers[9], ErrorCode.BETS_MISMATCH, position=1)
     assert answers[10:] == [protocol.Echo(b"in order"), protocol.FinAck(1)]
     assert rows(server.storage) == [row(1, bet("31")), row(1, bet("32", "7574", first="Paz, Ana"))]
-    server.wait_log(r"apuesta_recibida \| result: fail \| cantidad: 1 \| agency: 3 \| seq: 1 \| code: UNKNOWN_AGENCY")
+    server.wait_log(r"apuesta_recibida \| result: fail \| cantidad: 1 \| agency: 3 \| seq: 1 \| code: AGENCY_MISMATCH"
+                    r" \| reason: the certificate is agency-1's, the message names agency 3")
 
 
 # --- bounded restart -------------------------------------------------------------------------
@@ -238,7 +261,7 @@ def test_a_restart_over_many_small_batches_is_bounded(start_server, tmp_path) ->
     storage = tmp_path / "many"
     agencies, per_agency, window = 4, 15_000, 1000
     server = start_server(agencies=agencies, storage=storage)
-    peers = [Peer(server.port) for _ in range(agencies)]
+    peers = [Peer(server.port, agency=agency) for agency in range(1, agencies + 1)]
     senders = {agency: AgencyBets(agency) for agency in range(1, agencies + 1)}
     for start in range(1, per_agency + 1, window):
         positions = range(start, min(start + window, per_agency + 1))
@@ -260,7 +283,7 @@ def test_a_restart_over_many_small_batches_is_bounded(start_server, tmp_path) ->
     assert time.monotonic() - started < 5  # measured in the benchmark; loose here
     memory = [peak_rss_mib(pid) for pid in [server.proc.pid, *worker_pids(server.proc.pid)]]
     assert max(memory) < 64, memory
-    peer = Peer(server.port)
+    peer = Peer(server.port, agency=2)
     peer.send(protocol.Hello(2))
     assert peer.recv() == senders[2].resume()  # the checkpoint kept the count and the chain
     peer.send(senders[2].batches[-1])  # the last batch, resent: the checkpoint kept its first too

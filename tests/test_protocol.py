@@ -63,8 +63,28 @@ def test_the_vectors_are_version_2_and_cover_every_message_type() -> None:
     assert VECTORS["header_size"] == protocol.HEADER_SIZE
     assert {v["type"] for v in VECTORS["frames"]} == {t.name for t in MsgType}
     assert {v["fields"]["code"] for v in VECTORS["frames"] if v["type"] == "ERROR"} >= {
-        ErrorCode.INVALID_BET, ErrorCode.BETS_MISMATCH}
+        ErrorCode.INVALID_BET, ErrorCode.BETS_MISMATCH, ErrorCode.AGENCY_MISMATCH}
     assert all(v["hex"].startswith("02") for v in VECTORS["frames"])
+
+
+def test_the_agency_mismatch_vector_is_what_the_central_answers() -> None:
+    """ERROR AGENCY_MISMATCH (code 15) for a message of agency 2's connection naming agency 3:
+    the vector's bytes are the refusal the worker builds (the live answer: test_identity.py)."""
+    from types import SimpleNamespace
+
+    from lottery.worker import Worker
+
+    vector = next(v for v in VECTORS["frames"] if v["name"] == "error_agency_mismatch")
+    assert vector["fields"]["code"] == ErrorCode.AGENCY_MISMATCH == 15
+    with pytest.raises(ProtocolError) as caught:
+        Worker._check_agency(None, SimpleNamespace(agency=2), 3, 0)  # type: ignore[arg-type]
+    refusal = caught.value
+    assert protocol.encode(protocol.Error(refusal.code, refusal.position, refusal.reason)).hex() == vector["hex"]
+    Worker._check_agency(None, SimpleNamespace(agency=3), 3, 0)  # type: ignore[arg-type]  # its own: accepted
+    # The next code is not defined (the invalid-frame vector error_unknown_code).
+    assert max(ErrorCode) == ErrorCode.AGENCY_MISMATCH
+    unknown = next(v for v in VECTORS["invalid_frames"] if v["name"] == "error_unknown_code")
+    assert int(unknown["hex"][12:16], 16) == max(ErrorCode) + 1
 
 
 @pytest.mark.parametrize("vector", VECTORS["frames"], ids=lambda v: v["name"])

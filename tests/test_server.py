@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import SERVER_DIR, AgencyBets, batch, bet, csv_rows, row, wait_until, worker_pids
+from conftest import (SERVER_DIR, AgencyBets, Peer, batch, bet, chain_of, csv_rows, health_echo, row, wait_until,
+                      worker_pids)
 from lottery import protocol
 from lottery.protocol import ErrorCode
 
@@ -26,17 +28,22 @@ def stored_rows(server) -> list[list[str]]:
     return csv_rows(server.storage)
 
 
-def test_echo_answers_the_same_bytes_up_to_the_largest_frame(start_server, peers) -> None:
-    server = start_server()
-    peer = peers(server.port)
+@pytest.mark.parametrize("port", ["agencies", "health"])
+def test_echo_answers_the_same_bytes_up_to_the_largest_frame(start_server, peers, port) -> None:
+    """ECHO over an agency's mutual-TLS connection, and on the plaintext health port (whose
+    routine lines are DEBUG: a health check comes every few seconds)."""
+    server = start_server(LOGGING_LEVEL="INFO" if port == "agencies" else "DEBUG")
+    peer = peers(server.port) if port == "agencies" else peers(server.health_port, agency=None)
     for payload in (b"", b"ping", b"a" * protocol.MAX_PAYLOAD):
         peer.send(protocol.Echo(payload))
         assert peer.recv() == protocol.Echo(payload)
+    level = "INFO" if port == "agencies" else "DEBUG"
+    server.wait_log(rf"{level} action: echo \| result: success \| peer: \S+ \| bytes: {protocol.MAX_PAYLOAD}")
 
 
 def test_a_whole_session_stores_acknowledges_and_answers_only_own_winners(start_server, peers) -> None:
     server = start_server(agencies=2)
-    one, two = peers(server.port), peers(server.port)
+    one, two = peers(server.port, agency=1), peers(server.port, agency=2)
     first, second = AgencyBets(1), AgencyBets(2)
     one.send(protocol.Hello(1))
     assert one.recv() == protocol.Resume(1, 0, 0, False)
@@ -94,27 +101,37 @@ def test_a_client_writing_one_byte_at_a_time_is_served(start_server, peers) -> N
         (protocol.encode(protocol.Resume(1, 0, 0, False)), ErrorCode.UNKNOWN_TYPE, False),
         (bytes.fromhex("020600000002abcd"), ErrorCode.MALFORMED, False),
         (bytes.fromhex("0209000000020001"), ErrorCode.MALFORMED, False),
-        (protocol.encode(protocol.Fin(9, 0, 0)), ErrorCode.UNKNOWN_AGENCY, False),
-        (protocol.encode(protocol.Hello(9)), ErrorCode.UNKNOWN_AGENCY, False),
+        # An agency outside 1..AGENCIES cannot authenticate (test_identity.py); a message naming
+        # one on agency 1's connection names another agency than its certificate's.
+        (protocol.encode(protocol.Fin(9, 0, 0)), ErrorCode.AGENCY_MISMATCH, False),
+        (protocol.encode(protocol.Hello(9)), ErrorCode.AGENCY_MISMATCH, False),
         (protocol.encode(protocol.WinnersQuery(0)), ErrorCode.MALFORMED, False),
         (protocol.encode(protocol.Hello(0)), ErrorCode.MALFORMED, False),
-        (protocol.encode(batch(3, 1, [bet("1")])), ErrorCode.UNKNOWN_AGENCY, False),
+        (protocol.encode(batch(3, 1, [bet("1")])), ErrorCode.AGENCY_MISMATCH, False),
+        (protocol.encode(batch(2, 2, [bet("22")], chain_of([bet("21", "7574")]))), ErrorCode.AGENCY_MISMATCH, False),
         (protocol.encode(batch(1, 3, [bet("1")], 0)), ErrorCode.SEQUENCE_GAP, False),
         (protocol.encode(batch(1, 1, [bet("1", "7575")])), ErrorCode.BETS_MISMATCH, False),
         (protocol.encode(batch(1, 0xFFFFFFFF, [bet("1"), bet("2")])), ErrorCode.MALFORMED, False),
     ],
     ids=["too_large", "too_large_4GiB", "bad_version", "version_1_hello", "unknown_type", "server_type",
          "resume_from_agency", "malformed", "hello_short", "fin_unknown_agency", "hello_unknown_agency",
-         "query_agency_zero", "hello_agency_zero", "bet_unknown_agency", "bet_gap", "bet_other_bets_at_stored",
+         "query_agency_zero", "hello_agency_zero", "bet_unknown_agency", "bet_other_agency", "bet_gap",
+         "bet_other_bets_at_stored",
          "bet_past_last_position"],
 )
 def test_bad_input_gets_an_error_code_and_harms_nothing(start_server, peers, raw, code, closes) -> None:
     server = start_server(agencies=2)
-    good = peers(server.port)
-    agency = AgencyBets(1)
-    good.send(agency.batch([bet("1", "7574")]))
-    assert good.recv() == protocol.Ack(1, 1)
-    bad = peers(server.port)
+    # Agency 1 stores bet 1, then the bad input comes on agency 1's next connection (which
+    # supersedes the first); agency 2's connection, beside it, goes on storing.
+    first = peers(server.port, agency=1)
+    first.send(AgencyBets(1).batch([bet("1", "7574")]))
+    assert first.recv() == protocol.Ack(1, 1)
+    first.close()
+    good = peers(server.port, agency=2)
+    agency = AgencyBets(2)
+    good.send(agency.batch([bet("21", "7574")]))
+    assert good.recv() == protocol.Ack(2, 1)
+    bad = peers(server.port, agency=1)
     bad.send_raw(raw)
     expect_error(bad.recv(), code)
     if closes:
@@ -122,10 +139,11 @@ def test_bad_input_gets_an_error_code_and_harms_nothing(start_server, peers, raw
     else:  # the framing is intact: the connection goes on
         bad.send(protocol.Echo(b"still here"))
         assert bad.recv() == protocol.Echo(b"still here")
-    good.send(agency.batch([bet("2")]))
-    assert good.recv() == protocol.Ack(1, 2)
-    assert stored_rows(server) == [row(1, bet("1", "7574")), row(1, bet("2"))]
+    good.send(agency.batch([bet("22")]))
+    assert good.recv() == protocol.Ack(2, 2)
+    assert stored_rows(server) == [row(1, bet("1", "7574")), row(2, bet("21", "7574")), row(2, bet("22"))]
     server.wait_log(r"result: fail \| .*code: " + code.name)
+    assert health_echo(server.health_port)
 
 
 @pytest.mark.parametrize(
@@ -195,15 +213,17 @@ def test_a_truncated_frame_is_logged_and_stores_nothing(start_server, peers) -> 
     peer = peers(server.port)
     frame = protocol.encode(AgencyBets(1).batch([bet("1")]))
     peer.send_raw(frame[:-5])
-    peer.sock.shutdown(socket.SHUT_WR)
+    peer.shutdown_write()
     assert peer.closed_by_server()
     server.wait_log(r"receive_message \| result: fail .*truncated frame")
     assert stored_rows(server) == []
 
 
 def test_an_idle_connection_is_closed_but_a_held_query_is_not(start_server, peers) -> None:
-    server = start_server(agencies=2, IDLE_TIMEOUT=1)
-    idle, holder = peers(server.port), peers(server.port)
+    server = start_server(agencies=3, IDLE_TIMEOUT=1)
+    idle, holder = peers(server.port, agency=2), peers(server.port, agency=1)
+    holder.send(protocol.Fin(1, 0, 0))
+    assert holder.recv() == protocol.FinAck(1)
     holder.send(protocol.WinnersQuery(1))
     expect_error(idle.recv(), ErrorCode.IDLE_TIMEOUT)
     assert idle.closed_by_server()
@@ -212,27 +232,31 @@ def test_an_idle_connection_is_closed_but_a_held_query_is_not(start_server, peer
     with pytest.raises(socket.timeout):
         holder.recv()  # still held, not timed out
     holder.sock.settimeout(10)
-    for agency in (1, 2):
-        fin = peers(server.port)
+    for agency in (2, 3):
+        fin = peers(server.port, agency=agency)
         fin.send(protocol.Fin(agency, 0, 0))
         assert fin.recv() == protocol.FinAck(agency)
     assert holder.recv() == protocol.Winners(1, True, ())
 
 
 def test_connections_beyond_capacity_wait_in_the_backlog(start_server, peers) -> None:
-    server = start_server(WORKERS=1, WORKER_CONNECTIONS=2)
-    first, second = peers(server.port), peers(server.port)
+    server = start_server(agencies=2, WORKERS=1, WORKER_CONNECTIONS=2)
+    first, second = peers(server.port, agency=1), peers(server.port, agency=2)
     for peer in (first, second):
         peer.send(protocol.Echo(b"x"))
         assert peer.recv() == protocol.Echo(b"x")
-    waiting = peers(server.port)  # accepted by the kernel, not yet by the server
-    waiting.send(protocol.Echo(b"later"))
+    # Agency 1 connects again. Accepted by the kernel, not yet by the server: its ClientHello
+    # is sent, and no answer comes.
+    waiting = Peer.handshake_pending(server.port, agency=1)
     waiting.sock.settimeout(0.5)
-    with pytest.raises(socket.timeout):
-        waiting.recv()
-    waiting.sock.settimeout(10)
+    with pytest.raises((socket.timeout, ssl.SSLWantReadError)):
+        waiting.finish_handshake(timeout=0.5)
+    assert health_echo(server.health_port)  # the health port is still watched meanwhile
     first.close()
+    waiting.finish_handshake()
+    waiting.send(protocol.Echo(b"later"))
     assert waiting.recv() == protocol.Echo(b"later")
+    waiting.close()
     server.wait_log(r"every connection slot is taken")
 
 
@@ -343,7 +367,7 @@ def test_a_missing_config_file_is_reported(tmp_path) -> None:
 def test_many_concurrent_agencies(start_server, peers) -> None:
     agencies = 200
     server = start_server(agencies=agencies, WORKER_CONNECTIONS=100)
-    conns = [peers(server.port) for _ in range(agencies)]
+    conns = [peers(server.port, agency=agency) for agency in range(1, agencies + 1)]
     for agency, peer in enumerate(conns, start=1):
         sender = AgencyBets(agency)
         peer.send(protocol.Hello(agency))

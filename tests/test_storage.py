@@ -301,3 +301,28 @@ def test_a_drawn_round_refuses_new_bets_and_fins_but_acknowledges_the_last_batch
     assert store.record_fin(2, 1, two.batches[0].chain_after)[0] is FinOutcome.ROUND_CLOSED
     assert store.record_fin(1, 1, one.batches[0].chain_after)[0] is FinOutcome.DUPLICATE
     assert [r[3] for r in csv_rows(tmp_path)] == ["1", "2"]
+
+
+# --- the session table (one live session per agency, across workers) ------------------------------
+
+
+def test_a_new_session_makes_every_older_one_of_the_agency_stale(tmp_path: Path) -> None:
+    from lottery import sessions
+
+    sessions.reset(tmp_path, 3)
+    first, second = sessions.SessionTable(tmp_path), sessions.SessionTable(tmp_path)  # two workers
+    try:
+        one = first.claim(1)
+        assert first.current(1, one) and second.current(1, one)
+        other = second.claim(2)  # another agency's session does not touch agency 1's
+        assert first.current(1, one) and first.current(2, other)
+        newer = second.claim(1)  # agency 1 again, in the other worker
+        assert newer != one
+        assert not first.current(1, one) and first.current(1, newer) and second.current(1, newer)
+        assert first.current(2, other)
+        assert (tmp_path / sessions.SESSIONS_FILE).stat().st_size == 4 * 3
+        sessions.reset(tmp_path, 3)  # a new central: no session outlives the last one
+        assert not first.current(1, newer) and first.claim(1) == 1
+    finally:
+        first.close()
+        second.close()

@@ -18,7 +18,9 @@ With --restart-batches N it measures a restart instead: N bets sent as N one-bet
 --agencies agencies (batch.maxAmount 1; the journal is checkpointed as it grows), then the
 central is killed (SIGKILL, supervisor and workers) and started again on the same storage. It
 prints the journal's size, the seconds from the start to `action: listen` and to the first ECHO
-answered, and the peak resident memory of the largest process of the restarted central.
+answered (on the health port), and the peak resident memory of the largest process of the
+restarted central. Everything runs with mutual TLS, as in production: the credentials are issued
+into the temporary directory by the project's issuing code (client/cmd/certs).
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ def main() -> int:
     binary = work / "client"
     subprocess.run(["go", "build", "-mod=vendor", "-o", str(binary), "."], cwd=ROOT / "client", check=True,
                    env={**os.environ, "CGO_ENABLED": "0"})
+    # Mutual TLS, as in production: credentials for the server and every agency, issued by the
+    # project's own issuing code into the temporary directory.
+    subprocess.run(["go", "run", "-mod=vendor", "./cmd/certs", "-dir", str(work / "secrets"), "-agencies",
+                    str(args.agencies)], cwd=ROOT / "client", check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "CGO_ENABLED": "0"})
     if args.restart_batches:
         run_once(args, work, data, binary, expected, 1)
         for run in range(1, args.runs + 1):
@@ -119,7 +126,7 @@ def main() -> int:
 
 
 def echo_answered(port: int) -> bool:
-    """One ECHO round trip (version 2, type 1, empty payload)."""
+    """One ECHO round trip on the health port (version 2, type 1, empty payload)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
             sock.sendall(bytes.fromhex("020100000000"))
@@ -128,13 +135,20 @@ def echo_answered(port: int) -> bool:
         return False
 
 
+def server_env(args, storage: Path, port: int) -> dict[str, str]:
+    secrets = storage.parent / "secrets"
+    return {**os.environ, "SERVER_PORT": str(port), "SERVER_IP": "127.0.0.1", "STORAGE_DIR": str(storage),
+            "AGENCIES": str(args.agencies), "WORKERS": str(args.workers), "LOGGING_LEVEL": "INFO",
+            "WORKER_CONNECTIONS": str(max(256, args.agencies)), "HEALTH_PORT": str(free_port()),
+            "TLS_CA": str(secrets / "ca.pem"), "TLS_CERT": str(secrets / "server.pem"),
+            "TLS_KEY": str(secrets / "server-key.pem")}
+
+
 def measure_restart(args, storage: Path, run: int) -> None:
     """Start the central on a storage left by a killed one; time it and weigh its processes."""
     port = free_port()
     log_path = storage.parent / f"restart-{run}.log"
-    env = {**os.environ, "SERVER_PORT": str(port), "SERVER_IP": "127.0.0.1", "STORAGE_DIR": str(storage),
-           "AGENCIES": str(args.agencies), "WORKERS": str(args.workers), "LOGGING_LEVEL": "INFO",
-           "WORKER_CONNECTIONS": str(max(256, args.agencies))}
+    env = server_env(args, storage, port)
     journal = (storage / "journal.log").stat().st_size
     with open(log_path, "wb") as out:
         started = time.monotonic()
@@ -143,7 +157,7 @@ def measure_restart(args, storage: Path, run: int) -> None:
     try:
         wait_for(lambda: "action: listen | result: success" in log_path.read_text(), 60, "the restart")
         listening = time.monotonic() - started
-        wait_for(lambda: echo_answered(port), 60, "the first ECHO")
+        wait_for(lambda: echo_answered(int(env["HEALTH_PORT"])), 60, "the first ECHO")
         answered = time.monotonic() - started
         time.sleep(0.5)  # the workers have folded the journal by now
         memory = max(peak_rss_kib(pid) for pid in [server.pid, *children(server.pid)])
@@ -160,9 +174,7 @@ def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int
     storage = work / f"storage-{run}"
     port = free_port()
     server_log = work / f"server-{run}.log"
-    env = {**os.environ, "SERVER_PORT": str(port), "SERVER_IP": "127.0.0.1", "STORAGE_DIR": str(storage),
-           "AGENCIES": str(args.agencies), "WORKERS": str(args.workers), "LOGGING_LEVEL": "INFO",
-           "WORKER_CONNECTIONS": str(max(256, args.agencies))}
+    env = server_env(args, storage, port)
     with open(server_log, "wb") as out:
         server = subprocess.Popen([sys.executable, str(ROOT / "server" / "main.py")], env=env, stdout=out,
                                   stderr=subprocess.STDOUT)
@@ -170,7 +182,8 @@ def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int
         wait_for(lambda: "action: listen | result: success" in server_log.read_text(), 10, "the server")
         time.sleep(0.2)  # let the workers finish starting
         agency_env = {**os.environ, "CLI_CONFIG": str(ROOT / "client" / "config.yaml"),
-                      "CLI_SERVER_ADDRESS": f"127.0.0.1:{port}", "CLI_LOG_LEVEL": "INFO"}
+                      "CLI_SERVER_ADDRESS": f"127.0.0.1:{port}", "CLI_LOG_LEVEL": "INFO",
+                      "CLI_TLS_CA": str(work / "secrets" / "ca.pem"), "CLI_TLS_SERVERNAME": "localhost"}
         if args.batch_max_amount:
             agency_env["CLI_BATCH_MAXAMOUNT"] = str(args.batch_max_amount)
         if args.window:
@@ -179,7 +192,9 @@ def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int
         started = time.monotonic()
         agencies = [
             subprocess.Popen([str(binary)], stdout=logs[a - 1], stderr=subprocess.STDOUT,
-                             env={**agency_env, "CLI_ID": str(a), "CLI_DATA_PATH": str(data / f"agency-{a}.csv")})
+                             env={**agency_env, "CLI_ID": str(a), "CLI_DATA_PATH": str(data / f"agency-{a}.csv"),
+                                  "CLI_TLS_CERT": str(work / "secrets" / f"agency-{a}.pem"),
+                                  "CLI_TLS_KEY": str(work / "secrets" / f"agency-{a}-key.pem")})
             for a in range(1, args.agencies + 1)
         ]
         codes = [agency.wait(timeout=600) for agency in agencies]

@@ -206,7 +206,7 @@ def signal_quietly(pid: int, signum: int) -> None:
 
 
 def echo_answered(port: int) -> bool:
-    """One ECHO round trip with the protocol module's own encoding."""
+    """One ECHO round trip on the central's health port, with the protocol module's own encoding."""
     request = protocol.encode(protocol.Echo(b"chaos"))
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
@@ -444,16 +444,20 @@ class Central:
     """The real central (server/main.py) as a process on 127.0.0.1; its log is appended over restarts."""
 
     port: int
+    health_port: int
     storage: Path
     log_path: Path
     agencies: int
+    credentials: Path
     proc: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "SERVER_PORT": str(self.port), "SERVER_IP": "127.0.0.1",
                 "STORAGE_DIR": str(self.storage), "AGENCIES": str(self.agencies), "WORKERS": "2",
                 "WORKER_CONNECTIONS": "64", "IDLE_TIMEOUT": "30", "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
-                "LOGGING_LEVEL": "INFO"}
+                "LOGGING_LEVEL": "INFO", "HEALTH_PORT": str(self.health_port),
+                "TLS_CA": str(self.credentials / "ca.pem"), "TLS_CERT": str(self.credentials / "server.pem"),
+                "TLS_KEY": str(self.credentials / "server-key.pem")}
 
     def log(self) -> str:
         return read_text(self.log_path)
@@ -472,7 +476,7 @@ class Central:
             raise RunProblem(f"{err}\n{tail(self.log())}") from None
         if proc.poll() is not None:
             raise RunProblem(f"the central exited {proc.returncode} at start:\n{tail(self.log())}")
-        wait_until(lambda: echo_answered(self.port), CENTRAL_START_TIMEOUT, "the central's first ECHO",
+        wait_until(lambda: echo_answered(self.health_port), CENTRAL_START_TIMEOUT, "the central's first ECHO",
                    interval=0.05)
 
     def alive(self) -> bool:
@@ -555,7 +559,9 @@ class ProcessSystem:
         self.binary = binary
         self.data = {agency.agency: agency for agency in data}
         self.rng = rng
-        self.central = Central(free_port(), storage, run_dir / "central.log", len(data))
+        port = free_port()
+        health_port = next(p for p in iter(free_port, None) if p != port)
+        self.central = Central(port, health_port, storage, run_dir / "central.log", len(data), credentials_dir(binary))
         self.window = {agency.agency: rng.randint(2, 4) for agency in data}
         self.agencies: dict[int, AgencyProcess] = {}
         self.generations: dict[int, int] = collections.Counter()
@@ -565,7 +571,10 @@ class ProcessSystem:
         self.generations[agency] += 1
         log_path = self.run_dir / f"agency-{agency}.{self.generations[agency]}.log"
         env = {**os.environ, **AGENCY_RETRY, "CLI_CONFIG": str(CLIENT_DIR / "config.yaml"), "CLI_ID": str(agency),
-               "CLI_SERVER_ADDRESS": f"127.0.0.1:{self.central.port}",
+               "CLI_SERVER_ADDRESS": f"127.0.0.1:{self.central.port}", "CLI_TLS_SERVERNAME": "localhost",
+               "CLI_TLS_CA": str(self.central.credentials / "ca.pem"),
+               "CLI_TLS_CERT": str(self.central.credentials / f"agency-{agency}.pem"),
+               "CLI_TLS_KEY": str(self.central.credentials / f"agency-{agency}-key.pem"),
                "CLI_DATA_PATH": str(self.data[agency].path), "CLI_BATCH_MAXAMOUNT": str(batch_max),
                "CLI_BATCH_WINDOW": str(self.window[agency])}
         with open(log_path, "wb") as out:
@@ -1036,7 +1045,18 @@ def build_agency_binary(work: Path) -> Path:
         raise HarnessError("go build of the agency did not finish within 600 s") from None
     if built.returncode != 0:
         raise HarnessError(f"go build of the agency failed:\n{built.stderr[-3000:]}")
+    # Mutual TLS as in production: credentials for the central and agencies 1..9, issued beside the
+    # binary by the project's own issuing code.
+    issued = subprocess.run(["go", "run", "-mod=vendor", "./cmd/certs", "-dir", str(credentials_dir(binary)),
+                             "-agencies", "9"], cwd=CLIENT_DIR, env={**os.environ, "CGO_ENABLED": "0"},
+                            capture_output=True, text=True, timeout=600)
+    if issued.returncode != 0:
+        raise HarnessError(f"issuing the TLS credentials failed:\n{issued.stderr[-3000:]}")
     return binary
+
+
+def credentials_dir(binary: Path) -> Path:
+    return binary.parent / "secrets"
 
 
 def run_seed(seed: int, fault: str, run: int) -> int:

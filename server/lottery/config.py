@@ -39,6 +39,12 @@ class ServerConfig:
     worker_connections: int
     idle_timeout: float
     shutdown_timeout: float
+    health_port: int
+    handshake_timeout: float
+    handshake_budget: int
+    tls_ca: Path
+    tls_cert: Path
+    tls_key: Path
 
     def log_fields(self) -> str:
         return (
@@ -46,7 +52,9 @@ class ServerConfig:
             f"logging_level: {self.logging_level} | ip: {self.ip} | agencies: {self.agencies} | "
             f"storage_dir: {self.storage_dir} | workers: {self.workers} | "
             f"worker_connections: {self.worker_connections} | idle_timeout: {self.idle_timeout:g} | "
-            f"shutdown_timeout: {self.shutdown_timeout:g}"
+            f"shutdown_timeout: {self.shutdown_timeout:g} | health_port: {self.health_port} | "
+            f"handshake_timeout: {self.handshake_timeout:g} | handshake_budget: {self.handshake_budget} | "
+            f"tls_ca: {self.tls_ca} | tls_cert: {self.tls_cert} | tls_key: {self.tls_key}"
         )
 
 
@@ -90,7 +98,7 @@ def _level(raw: str) -> str:
     return level
 
 
-def _directory(raw: str) -> Path:
+def _path(raw: str) -> Path:
     if not raw:
         raise ValueError("empty path")
     return Path(raw)
@@ -128,15 +136,25 @@ def load(path: Path, environ: Mapping[str, str] = os.environ) -> ServerConfig:
             "WORKER_CONNECTIONS",
             f"{workers} workers x {worker_connections} connections is fewer than the {agencies} agencies",
         )
+    port = get("SERVER_PORT", _integer(1, 65535))
+    health_port = get("HEALTH_PORT", _integer(1, 65535))
+    if health_port == port:
+        raise ConfigError("HEALTH_PORT", f"{health_port} is also SERVER_PORT")
     return ServerConfig(
-        port=get("SERVER_PORT", _integer(1, 65535)),
+        port=port,
         ip=get("SERVER_IP", _ip),
         listen_backlog=get("SERVER_LISTEN_BACKLOG", _integer(1, 65535)),
         logging_level=get("LOGGING_LEVEL", _level),
         agencies=agencies,
-        storage_dir=get("STORAGE_DIR", _directory),
+        storage_dir=get("STORAGE_DIR", _path),
         workers=workers,
         worker_connections=worker_connections,
         idle_timeout=get("IDLE_TIMEOUT", _seconds),
         shutdown_timeout=get("SHUTDOWN_TIMEOUT", _seconds),
+        health_port=health_port,
+        handshake_timeout=get("HANDSHAKE_TIMEOUT", _seconds),
+        handshake_budget=get("HANDSHAKE_BUDGET", _integer(1, 100_000)),
+        tls_ca=get("TLS_CA", _path),
+        tls_cert=get("TLS_CERT", _path),
+        tls_key=get("TLS_KEY", _path),
     )

@@ -62,6 +62,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL_ERROR = 12
     ROUND_CLOSED = 13
     BETS_MISMATCH = 14
+    AGENCY_MISMATCH = 15
 
 
 # Codes after which the framing can no longer be trusted, or the central is leaving: the

@@ -1,11 +1,14 @@
-"""The supervisor: owns the storage's instance lock, the listening socket, the worker table, the
+"""The supervisor: owns the storage's instance lock, the listening sockets, the worker table, the
 signals, the draw and the journal's checkpoints.
 
 Process model (gunicorn's arbiter): the supervisor takes the storage's instance lock, recovers
-the storage, binds the listening socket and forks `config.workers` workers (plain ``os.fork``; a
-child never returns into this code). Every worker accepts on the shared listening socket and
-stops accepting while it is full, so the supervisor never handles a connection, and nothing it
-sends or receives can block: its channels to the workers carry droppable nudges only.
+the storage, binds the listening sockets (the agencies' mutual-TLS port and the plaintext health
+port) and forks `config.workers` workers (plain ``os.fork``; a child never returns into this
+code), handing them the TLS context built at start. Every worker accepts on the shared listening
+sockets and does its own TLS handshakes, so the supervisor never handles a connection, and
+nothing it sends or receives can block: its channels to the workers carry droppable nudges only.
+A worker's nudge (a FIN, a new session) is passed on to every worker: each re-checks the draw and
+its sessions.
 
 The draw barrier is a condition on the journal, not a message: whenever the journal may have
 changed (a worker's nudge, or a changed size or inode seen on the periodic tick) the supervisor
@@ -31,14 +34,15 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
-from . import draw, storage
+from . import draw, sessions, storage
 from .config import ServerConfig
 from .storage import SyncFailed, WriteFailed
 from .wakeup import WakeupPipe
-from .worker import EXIT_SYNC_FAILED, drain_nudges, nudge, run_worker
+from .worker import EXIT_SYNC_FAILED, Listeners, drain_nudges, nudge, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +93,12 @@ class FailStop(Exception):
 
 
 class Supervisor:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, tls: ssl.SSLContext) -> None:
         self.config = config
+        self.tls = tls
         self.slots: dict[int, WorkerSlot] = {}  # by pid
         self.selector = selectors.DefaultSelector()
-        self.listener: socket.socket | None = None
+        self.listeners: Listeners | None = None
         self.inbox = SignalInbox()
         self.stopping = False
         self.instance: storage.InstanceLock | None = None
@@ -124,12 +129,21 @@ class Supervisor:
             report.cut_journal_bytes,
             "done" if self.drawn else "pending",
         )
+        sessions.reset(directory, self.config.agencies)
         self._install_signals()
-        self.listener = socket.create_server(
-            (self.config.ip, self.config.port), backlog=self.config.listen_backlog, reuse_port=False
+        health = self._listen(self.config.health_port)
+        log.info(
+            "action: listen | result: success | address: %s:%d | port: health, plaintext, ECHO only",
+            self.config.ip,
+            self.config.health_port,
         )
-        self.listener.setblocking(False)
-        log.info("action: listen | result: success | address: %s:%d", self.config.ip, self.config.port)
+        agencies = self._listen(self.config.port)
+        self.listeners = Listeners(agencies, health)
+        log.info(
+            "action: listen | result: success | address: %s:%d | port: agencies, mutual TLS 1.3",
+            self.config.ip,
+            self.config.port,
+        )
         self.selector.register(self.wakeup, selectors.EVENT_READ, "wake")
         try:
             self._checkpoint_if_large()  # before the workers fold the journal
@@ -160,6 +174,11 @@ class Supervisor:
             return self._fail_stop(str(err))
         return self._shutdown()
 
+    def _listen(self, port: int) -> socket.socket:
+        listener = socket.create_server((self.config.ip, port), backlog=self.config.listen_backlog)
+        listener.setblocking(False)
+        return listener
+
     def _install_signals(self) -> None:
         self.wakeup.install()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -182,8 +201,8 @@ class Supervisor:
             try:
                 parent_end.close()
                 self._close_inherited()
-                assert self.listener is not None
-                code = run_worker(index, self.listener, child_end, self.config)
+                assert self.listeners is not None
+                code = run_worker(index, self.listeners, child_end, self.config, self.tls)
             except BaseException:
                 log.exception("action: worker_exit | result: fail | worker: %d", index)
             finally:
@@ -198,7 +217,7 @@ class Supervisor:
     def _close_inherited(self) -> None:
         """In a new child: drop the supervisor's pipes, signals, channels and storage handle.
 
-        The listening socket is kept (the worker accepts on it), and so is the instance lock's
+        The listening sockets are kept (the worker accepts on them), and so is the instance lock's
         descriptor: the lock then lasts as long as any process of this central."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
@@ -210,11 +229,15 @@ class Supervisor:
             self.storage.close()
 
     def _on_worker_nudge(self, slot: WorkerSlot) -> bool:
-        """Drain a worker's nudges; True if there was one (its journal may have a new FIN)."""
-        if drain_nudges(slot.channel):
-            return True
-        self.selector.unregister(slot.channel)  # the worker is gone; _reap collects it
-        return False
+        """Drain a worker's nudges and pass one on to the others (a new session or FIN concerns
+        them all); True if there was one (the journal may have a new FIN)."""
+        if not drain_nudges(slot.channel):
+            self.selector.unregister(slot.channel)  # the worker is gone; _reap collects it
+            return False
+        for other in self.slots.values():
+            if other is not slot:
+                nudge(other.channel)
+        return True
 
     def _reap(self) -> None:
         while True:
@@ -343,9 +366,10 @@ class Supervisor:
         return 0
 
     def _close_listener(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        if self.listeners is not None:
+            self.listeners.agencies.close()
+            self.listeners.health.close()
+            self.listeners = None
             log.info("action: close_listener | result: success")
 
     def _reap_all(self) -> None:

@@ -1,9 +1,20 @@
-"""A worker process: accepts and serves many agency connections at once, in one selector loop.
+"""A worker process: accepts, authenticates and serves many agency connections at once, in one
+selector loop.
 
-Each worker accepts on the listening socket it inherited from the supervisor (gunicorn's model),
-one connection per loop turn, and stops watching it while it serves WORKER_CONNECTIONS
-connections: the rest wait in the kernel's listen backlog for whichever worker has room. No file
-descriptor and no connection count travels between processes.
+Each worker accepts on the listening sockets it inherited from the supervisor (gunicorn's model),
+one connection per loop turn. On the agencies' port every connection is mutual TLS 1.3: the
+handshake runs in this non-blocking loop (it never blocks another connection), and the agency's
+identity is the verified certificate's ``agency-<N>``; every message naming another agency is
+refused with AGENCY_MISMATCH. The health port is plaintext and answers ECHO only.
+
+Admission: a worker serves up to WORKER_CONNECTIONS authenticated sessions and stops watching the
+agencies' port while full (the rest wait in the kernel's backlog). Connections that have not
+authenticated (TLS handshakes, health checks) have their own budget, HANDSHAKE_BUDGET, and a
+deadline, HANDSHAKE_TIMEOUT: when the budget is full the oldest of them is closed, so idle,
+dripping or garbage connections can never keep a real agency out, and they never take an
+agency's slot. At most one session per agency lives at a time (sessions.py): a new one closes
+the older one, in whichever worker it is. No file descriptor and no connection count travels
+between processes.
 
 The worker reads frames, answers ECHO and HELLO (what is stored of the agency), validates BET
 batches and commits every batch that arrived in one loop turn, from all its connections, with a
@@ -29,11 +40,13 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
-from . import draw, protocol
+from . import draw, protocol, transport
 from .config import ServerConfig
+from .sessions import SessionTable
 from .protocol import ErrorCode, MsgType, ProtocolError
 from .storage import AgencyState, FinOutcome, Outcome, Storage, StorageError, Verdict, WriteFailed
 from .wakeup import WakeupPipe
@@ -101,13 +114,47 @@ def drain_nudges(channel: socket.socket) -> bool:
             return False
 
 
+@dataclass(frozen=True)
+class Listeners:
+    """The central's listening sockets, shared by every worker."""
+
+    agencies: socket.socket  # mutual TLS
+    health: socket.socket  # plaintext, ECHO only
+
+
+# Readable names for the TLS errors an unwelcome peer causes most often.
+_TLS_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate",
+    "WRONG_VERSION_NUMBER": "not a TLS ClientHello (plaintext or garbage)",
+    "HTTP_REQUEST": "not a TLS ClientHello (an HTTP request)",
+    "UNSUPPORTED_PROTOCOL": "not TLS 1.3",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "not TLS 1.3",
+}
+
+
+def _tls_failure(err: Exception) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"certificate refused: {err.verify_message}"
+    if isinstance(err, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return "the peer closed during the handshake"
+    if isinstance(err, ssl.SSLError):
+        reason = err.reason or str(err)
+        return f"{_TLS_REASONS.get(reason, 'TLS error')} ({reason})"
+    return f"connection error: {getattr(err, 'strerror', None) or err}"
+
+
 @dataclass(eq=False)
 class Connection:
-    """One agency session: its socket, buffers and where it is in the protocol."""
+    """One connection: its socket, buffers, identity and where it is in the protocol."""
 
-    sock: socket.socket
+    sock: socket.socket  # an ssl.SSLSocket on the agencies' port
     peer: str
     last_active: float
+    accepted: float  # the handshake (or health check) deadline counts from here
+    health: bool = False  # on the health port: ECHO only
+    agency: int | None = None  # the verified identity, once the TLS handshake is done
+    session: int = 0  # its generation in the session table
+    read_wants_write: bool = False  # TLS must write before this connection can read again
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     pending: int = 0  # batches waiting for this turn's group commit
@@ -119,19 +166,23 @@ class Connection:
 
 class Worker:
     def __init__(
-        self, index: int, listener: socket.socket, channel: socket.socket, config: ServerConfig
+        self, index: int, listeners: Listeners, channel: socket.socket, config: ServerConfig, tls: ssl.SSLContext
     ) -> None:
         self.index = index
-        self.listener = listener
+        self.listeners = listeners
         self.channel = channel
         self.config = config
+        self.tls = tls
         self.storage = Storage(config.storage_dir)
+        self.sessions = SessionTable(config.storage_dir)
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
+        self.unauthenticated: dict[Connection, None] = {}  # oldest first: handshakes, health checks
+        self.ready: set[Connection] = set()  # TLS holds decrypted bytes the selector cannot see
         self.pending: list[tuple[Connection, protocol.Bet]] = []
         self.dirty: set[Connection] = set()
         self.winners: dict[int, list[str]] | None = None
-        self.accepting = False
+        self.watching: set[socket.socket] = set()  # the listening sockets in the selector
         self.accept_paused_until = 0.0
         self.stopping = False
         self.wakeup = WakeupPipe()
@@ -152,15 +203,20 @@ class Worker:
         next_tick = time.monotonic() + TICK
         try:
             while not self.stopping:
-                for key, mask in self.selector.select(timeout=max(0.0, next_tick - time.monotonic())):
+                timeout = 0.0 if self.ready else max(0.0, next_tick - time.monotonic())
+                for key, mask in self.selector.select(timeout=timeout):
                     if key.data == "wake":
                         self.wakeup.drain()
                     elif key.data == "channel":
                         self._on_channel()
-                    elif key.data == "listener":
-                        self._accept()
-                    else:
+                    elif isinstance(key.data, Connection):
                         self._on_event(key.data, mask)
+                    else:
+                        self._accept(key.fileobj, health=key.data == "health")
+                ready, self.ready = self.ready, set()
+                for conn in ready:
+                    if conn.open:
+                        self._read(conn)
                 now = time.monotonic()
                 if now >= next_tick:
                     self._tick(now)
@@ -179,13 +235,16 @@ class Worker:
     def _tick(self, now: float) -> None:
         self._sweep(now)
         self._check_draw()
+        self._check_sessions()
         self._update_accepting()
 
     def _shutdown(self) -> None:
         """Finish this turn's batches, tell every peer we are leaving, close everything."""
         self._commit()
-        self._stop_accepting()
-        self.listener.close()
+        for listener in list(self.watching):
+            self._unwatch(listener)
+        self.listeners.agencies.close()
+        self.listeners.health.close()
         for conn in list(self.connections):
             if conn.held_agency is not None:
                 log.info(
@@ -199,6 +258,7 @@ class Worker:
         self.channel.close()
         log.info("action: close_channel | result: success | worker: %d", self.index)
         self.storage.close()
+        self.sessions.close()
         log.info("action: close_storage | result: success | worker: %d", self.index)
         self.wakeup.close()
         log.info("action: worker_exit | result: success | worker: %d", self.index)
@@ -212,6 +272,7 @@ class Worker:
             self.stopping = True
             return
         self._check_draw()
+        self._check_sessions()
 
     def _check_draw(self) -> None:
         """Load the result once the round is drawn, and answer the winners queries held for it."""
@@ -225,35 +286,45 @@ class Worker:
                 self._process(conn)  # frames it sent behind the query
                 self._update_events(conn)
 
-    # --- accepting ----------------------------------------------------------------------------
+    # --- accepting and authenticating ---------------------------------------------------------
 
     def _update_accepting(self) -> None:
-        """Watch the listening socket only while there is room and accept is not paused."""
-        room = len(self.connections) < self.config.worker_connections
-        if room and not self.stopping and time.monotonic() >= self.accept_paused_until:
-            if not self.accepting:
-                self.selector.register(self.listener, selectors.EVENT_READ, "listener")
-                self.accepting = True
+        """Watch the agencies' port while there is room for a session, the health port always;
+        neither while accept is paused."""
+        open_for_all = not self.stopping and time.monotonic() >= self.accept_paused_until
+        sessions = len(self.connections) - len(self.unauthenticated)
+        room = sessions < self.config.worker_connections
+        if open_for_all and room:
+            self._watch(self.listeners.agencies, "agencies")
         else:
-            if self.accepting and not room:
+            if self.listeners.agencies in self.watching and not room:
                 log.warning(
                     "action: accept | result: in_progress | worker: %d | connections: %d"
                     " | reason: every connection slot is taken, new connections wait in the backlog",
                     self.index,
-                    len(self.connections),
+                    sessions,
                 )
-            self._stop_accepting()
+            self._unwatch(self.listeners.agencies)
+        if open_for_all:
+            self._watch(self.listeners.health, "health")
+        else:
+            self._unwatch(self.listeners.health)
 
-    def _stop_accepting(self) -> None:
-        if self.accepting:
-            self.selector.unregister(self.listener)
-            self.accepting = False
+    def _watch(self, listener: socket.socket, name: str) -> None:
+        if listener not in self.watching:
+            self.selector.register(listener, selectors.EVENT_READ, name)
+            self.watching.add(listener)
 
-    def _accept(self) -> None:
+    def _unwatch(self, listener: socket.socket) -> None:
+        if listener in self.watching:
+            self.selector.unregister(listener)
+            self.watching.discard(listener)
+
+    def _accept(self, listener: socket.socket, health: bool) -> None:
         """Accept one connection (the other workers get their turn at the next ones)."""
         while True:
             try:
-                sock, address = self.listener.accept()
+                sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
@@ -269,7 +340,7 @@ class Worker:
                     ACCEPT_PAUSE,
                 )
                 self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
-                self._stop_accepting()
+                self._update_accepting()
                 return
             break
         sock.setblocking(False)
@@ -278,27 +349,111 @@ class Worker:
         except OSError:
             pass  # the peer is already gone; the first read will say so
         peer = f"{address[0]}:{address[1]}"
-        conn = Connection(sock, peer, time.monotonic())
+        if len(self.unauthenticated) >= self.config.handshake_budget:
+            oldest = next(iter(self.unauthenticated))
+            log.warning(
+                "action: handshake | result: fail | peer: %s | reason: closed for a newer connection: %d connections"
+                " of worker %d had not authenticated (HANDSHAKE_BUDGET)",
+                oldest.peer,
+                len(self.unauthenticated),
+                self.index,
+            )
+            self._close(oldest, "evicted before authenticating")
+        if not health:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        now = time.monotonic()
+        conn = Connection(sock, peer, now, now, health=health)
         self.connections.add(conn)
+        self.unauthenticated[conn] = None
         self.selector.register(sock, selectors.EVENT_READ, conn)
-        log.info("action: accept | result: success | peer: %s | worker: %d", peer, self.index)
+        # Health checks come every few seconds: their routine lines are DEBUG, their refusals are not.
+        log.log(logging.DEBUG if health else logging.INFO, "action: accept | result: success | peer: %s | worker: %d"
+                " | port: %s", peer, self.index, "health" if health else "agencies")
         self._update_accepting()
+
+    def _handshake(self, conn: Connection) -> None:
+        """One step of the TLS handshake; authenticates the connection once it is done."""
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_events(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_events(conn, selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError) as err:
+            log.warning("action: handshake | result: fail | peer: %s | reason: %s", conn.peer, _tls_failure(err))
+            self._close(conn, "TLS handshake failed")
+            return
+        agency = transport.agency_of(conn.sock.getpeercert())
+        if agency is None or not 1 <= agency <= self.config.agencies:
+            subject = conn.sock.getpeercert().get("subject", ())
+            log.warning(
+                "action: handshake | result: fail | peer: %s | reason: the certificate (subject %s) is not agency-N"
+                " with N in 1..%d",
+                conn.peer,
+                subject,
+                self.config.agencies,
+            )
+            self._close(conn, "not an agency of this round")
+            return
+        conn.agency = agency
+        conn.session = self.sessions.claim(agency)
+        conn.last_active = time.monotonic()
+        del self.unauthenticated[conn]
+        log.info("action: handshake | result: success | peer: %s | agency: %d | worker: %d", conn.peer, agency, self.index)
+        for other in list(self.connections):
+            if other is not conn and other.agency == agency:
+                self._supersede(other)
+        nudge(self.channel)  # the other workers drop an older session of this agency
+        self._update_accepting()
+        self._set_events(conn, selectors.EVENT_READ)
+        self._read(conn)  # application data may have come with the handshake's last flight
+
+    def _check_sessions(self) -> None:
+        for conn in list(self.connections):
+            if conn.agency is not None and not self.sessions.current(conn.agency, conn.session):
+                self._supersede(conn)
+
+    def _supersede(self, conn: Connection) -> None:
+        log.info(
+            "action: session | result: success | agency: %d | peer: %s | reason: superseded by a newer session of"
+            " the agency",
+            conn.agency,
+            conn.peer,
+        )
+        if conn.held_agency is not None:
+            log.info("action: consulta_ganadores | result: fail | agency: %d | reason: superseded", conn.held_agency)
+        self._close(conn, "superseded")
 
     # --- connections --------------------------------------------------------------------------
 
     def _on_event(self, conn: Connection, mask: int) -> None:
+        if not conn.open:
+            return  # closed earlier in this turn (evicted, superseded): its event is stale
+        if not conn.health and conn.agency is None:
+            self._handshake(conn)
+            return
         if mask & selectors.EVENT_WRITE:
             self._flush(conn)
+            if conn.read_wants_write and conn.open:
+                conn.read_wants_write = False
+                self._read(conn)
         if mask & selectors.EVENT_READ and conn.open:
             self._read(conn)
 
     def _read(self, conn: Connection) -> None:
         try:
             data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             return
-        except OSError as err:
-            self._close(conn, f"receive error: {err.strerror or err}")
+        except ssl.SSLWantWriteError:  # TLS must send something (a key update) first
+            conn.read_wants_write = True
+            self._update_events(conn)
+            return
+        except OSError as err:  # ssl.SSLError included: a forged or corrupt record
+            self._close(conn, f"receive error: {getattr(err, 'strerror', None) or err}")
             return
         if not data:
             if conn.inbuf and conn.closing_since is None:
@@ -315,6 +470,8 @@ class Worker:
         conn.inbuf += data
         self._process(conn)
         self._update_events(conn)
+        if self._reading(conn) and isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+            self.ready.add(conn)  # decrypted bytes the selector will not report
 
     def _process(self, conn: Connection) -> None:
         """Handle every complete frame in the connection's buffer, in order."""
@@ -336,13 +493,17 @@ class Worker:
             self._handle(conn, msg_type, payload)
 
     def _handle(self, conn: Connection, msg_type: int, payload: bytes) -> None:
+        if conn.health and msg_type != MsgType.ECHO:
+            self._refuse(conn, ProtocolError(ErrorCode.UNKNOWN_TYPE, "the health port answers ECHO only"))
+            self._start_closing(conn)
+            return
         if msg_type not in CLIENT_TYPES:
             self._refuse(conn, ProtocolError(ErrorCode.UNKNOWN_TYPE, f"type {msg_type} not accepted from an agency"))
             return
         try:
             msg = protocol.decode_payload(msg_type, payload)
             if isinstance(msg, (protocol.Hello, protocol.Bet, protocol.Fin, protocol.WinnersQuery)):
-                self._check_agency(msg.agency, msg.first if isinstance(msg, protocol.Bet) else 0)
+                self._check_agency(conn, msg.agency, msg.first if isinstance(msg, protocol.Bet) else 0)
         except ProtocolError as err:
             if msg_type == MsgType.BET:
                 self._log_refused_batch(payload, err)
@@ -352,7 +513,8 @@ class Worker:
             self.pending.append((conn, msg))  # answered after this turn's group commit
             conn.pending += 1
         elif isinstance(msg, protocol.Echo):
-            log.info("action: echo | result: success | peer: %s | bytes: %d", conn.peer, len(msg.payload))
+            log.log(logging.DEBUG if conn.health else logging.INFO, "action: echo | result: success | peer: %s | bytes: %d",
+                    conn.peer, len(msg.payload))
             self._reply(conn, msg)
         elif isinstance(msg, protocol.Hello):
             self._on_hello(conn, msg.agency)
@@ -361,10 +523,13 @@ class Worker:
         elif isinstance(msg, protocol.WinnersQuery):
             self._on_winners_query(conn, msg.agency)
 
-    def _check_agency(self, agency: int, position: int) -> None:
-        if not 1 <= agency <= self.config.agencies:
+    def _check_agency(self, conn: Connection, agency: int, position: int) -> None:
+        """The message's agency must be the one the connection's certificate proves."""
+        if agency != conn.agency:
             raise ProtocolError(
-                ErrorCode.UNKNOWN_AGENCY, f"agency {agency} is outside 1..{self.config.agencies}", position
+                ErrorCode.AGENCY_MISMATCH,
+                f"the certificate is agency-{conn.agency}'s, the message names agency {agency}",
+                position,
             )
 
     def _log_refused_batch(self, payload: bytes, err: ProtocolError) -> None:
@@ -547,27 +712,35 @@ class Worker:
             try:
                 sent = conn.sock.send(conn.outbuf)
                 del conn.outbuf[:sent]
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 pass
             except OSError as err:
-                self._close(conn, f"send error: {err.strerror or err}")
+                self._close(conn, f"send error: {getattr(err, 'strerror', None) or err}")
                 return
         if conn.closing_since is not None and not conn.outbuf:
             self._close(conn, "closed after error")
             return
         self._update_events(conn)
 
+    def _reading(self, conn: Connection) -> bool:
+        """Whether to read more from the connection: not while it does not read its answers."""
+        return len(conn.outbuf) < MAX_OUTBUF and not (
+            conn.held_agency is not None and len(conn.inbuf) > MAX_HELD_INBUF
+        )
+
     def _update_events(self, conn: Connection) -> None:
         if not conn.open:
             return
         events = 0
-        if conn.outbuf:
+        if conn.outbuf or conn.read_wants_write:
             events |= selectors.EVENT_WRITE
-        reading = len(conn.outbuf) < MAX_OUTBUF and not (
-            conn.held_agency is not None and len(conn.inbuf) > MAX_HELD_INBUF
-        )
-        if reading:
+        if self._reading(conn):
             events |= selectors.EVENT_READ
+            if isinstance(conn.sock, ssl.SSLSocket) and conn.agency is not None and conn.sock.pending():
+                self.ready.add(conn)
+        self._set_events(conn, events)
+
+    def _set_events(self, conn: Connection, events: int) -> None:
         if events != conn.events:
             if conn.events and events:
                 self.selector.modify(conn.sock, events, conn)
@@ -591,17 +764,32 @@ class Worker:
             self.selector.unregister(conn.sock)
         conn.sock.close()
         self.connections.discard(conn)
+        self.unauthenticated.pop(conn, None)
         self.dirty.discard(conn)
-        log.info("action: close_connection | result: success | peer: %s | reason: %s", conn.peer, reason)
+        self.ready.discard(conn)
+        routine = conn.health and reason == "peer closed"  # a health check that went well
+        log.log(logging.DEBUG if routine else logging.INFO,
+                "action: close_connection | result: success | peer: %s | reason: %s", conn.peer, reason)
         if not self.stopping:
             self._update_accepting()
 
     def _sweep(self, now: float) -> None:
         """Close idle connections and those that would not take their last answer."""
+        for conn in list(self.unauthenticated):
+            if now - conn.accepted > self.config.handshake_timeout:
+                log.warning(
+                    "action: handshake | result: fail | peer: %s | reason: no %s within %gs (HANDSHAKE_TIMEOUT)",
+                    conn.peer,
+                    "health check" if conn.health else "TLS handshake",
+                    self.config.handshake_timeout,
+                )
+                self._close(conn, "handshake timeout")
         for conn in list(self.connections):
             if conn.closing_since is not None:
                 if now - conn.closing_since > CLOSE_GRACE:
                     self._close(conn, "closing peer did not read")
+            elif conn in self.unauthenticated or not conn.open:
+                continue  # HANDSHAKE_TIMEOUT governs it (above), not the idle timeout
             elif conn.held_agency is None and now - conn.last_active > self.config.idle_timeout:
                 log.warning(
                     "action: receive_message | result: fail | peer: %s | code: IDLE_TIMEOUT | reason: idle for %gs",
@@ -613,10 +801,12 @@ class Worker:
                 self._flush(conn)
 
 
-def run_worker(index: int, listener: socket.socket, channel: socket.socket, config: ServerConfig) -> int:
+def run_worker(
+    index: int, listeners: Listeners, channel: socket.socket, config: ServerConfig, tls: ssl.SSLContext
+) -> int:
     """Entry point in the forked child; returns its exit code."""
     try:
-        worker = Worker(index, listener, channel, config)
+        worker = Worker(index, listeners, channel, config, tls)
     except StorageError as err:
         log.critical("action: storage_open | result: fail | worker: %d | error: %s", index, err)
         return EXIT_SYNC_FAILED

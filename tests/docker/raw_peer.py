@@ -2,6 +2,11 @@
 
     python3 raw_peer.py HOST PORT SCENARIO [AGENCY]
 
+Every connection is mutual TLS 1.3 (Python ssl) to the agencies' port, with the credentials in
+/tls (RAW_PEER_TLS names another directory): ca.pem, agency-3.pem and agency-3-key.pem for the
+hand-made agency 3, and agency-4.pem and agency-4-key.pem, a real certificate of this CA for an
+agency outside the round (AGENCIES=3). The name checked in the central's certificate is "server".
+
 Scenarios (each prints one `ok ...` line per check and exits 0, or prints the failure and exits 1):
   agency    plays a whole agency session by hand (protocol version 2): HELLO (nothing may be
             stored yet), a batch written one byte at a time (the server must cope with short
@@ -9,19 +14,24 @@ Scenarios (each prints one `ok ...` line per check and exits 0, or prints the fa
             frame), a reconnection whose HELLO must say exactly what is stored (count and chain),
             a resend of the last batch, FIN, and the winners query, whose answer it prints as
             `winners: N DOCUMENTS`.
-  attacks   bad input: an oversized length, a 4 GiB length, a bad version, a version 1 frame, an
-            unknown type, an invalid bet, needless quotes, a FIN and a HELLO from an unknown
-            agency, a batch with another chain, a gap, a FIN with the wrong count, a frame cut
-            short; each must get its error code (or a close) and store nothing, without disturbing
-            the real agencies running beside it. The batches and the FIN target agency 3, the
-            hand-made one, before it has stored anything (the `agency` scenario then checks
-            that nothing was).
+  attacks   unwelcome peers, refused before any message is read: plaintext bytes (a protocol
+            HELLO) on the TLS port, a TLS client without a certificate, the certificate of an
+            agency outside the round; then bad input over TLS as agency 3: an oversized length, a
+            4 GiB length, a bad version, a version 1 frame, an unknown type, an invalid bet,
+            needless quotes, messages naming another agency than the certificate's (2, a real
+            agency running beside it, and 999), a batch with another chain, a gap, a FIN with the
+            wrong count, a frame cut short. Each must get its error code (or a close) and store
+            nothing, without disturbing the real agencies running beside it. The batches and the
+            FIN target agency 3, the hand-made one, before it has stored anything (the `agency`
+            scenario then checks that nothing was).
 It imports the server's protocol module, mounted at /server.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import sys
 import time
 
@@ -29,11 +39,32 @@ sys.path.insert(0, "/server")
 from lottery import protocol  # noqa: E402
 from lottery.protocol import ErrorCode  # noqa: E402
 
+TLS_DIR = os.environ.get("RAW_PEER_TLS", "/tls")
+SERVER_NAME = "server"  # a name in the central's certificate
+HAND_MADE = 3  # the agency this peer plays
+OUTSIDER = 4  # a certificate of the project CA for an agency the round (AGENCIES=3) does not have
 
-def connect(host: str, port: int) -> socket.socket:
+
+def tls_context(agency: int | None) -> ssl.SSLContext:
+    """What an agency uses: TLS 1.3, the central verified against the CA, its own certificate
+    (none when `agency` is None)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(os.path.join(TLS_DIR, "ca.pem"))
+    if agency is not None:
+        context.load_cert_chain(os.path.join(TLS_DIR, f"agency-{agency}.pem"),
+                                os.path.join(TLS_DIR, f"agency-{agency}-key.pem"))
+    return context
+
+
+def tcp(host: str, port: int) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def connect(host: str, port: int, agency: int | None = HAND_MADE) -> ssl.SSLSocket:
+    return tls_context(agency).wrap_socket(tcp(host, port), server_hostname=SERVER_NAME)
 
 
 def receive(sock: socket.socket) -> protocol.Message:
@@ -47,6 +78,22 @@ def receive(sock: socket.socket) -> protocol.Message:
         return bytes(data)
 
     return protocol.read_frame(read_exact)
+
+
+def closed(sock: socket.socket, within: float = 15) -> tuple[bool, bytes]:
+    """Read until the server closes (EOF, a reset, a TLS alert): (closed in time, bytes read)."""
+    sock.settimeout(within)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return True, data
+            data += chunk
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return True, data  # ssl.SSLError: the alert the server sent before closing
+    except socket.timeout:
+        return False, data
 
 
 def check(condition: bool, what: str) -> None:
@@ -128,8 +175,30 @@ def expect_error(host: str, port: int, raw: bytes, code: ErrorCode, closes: bool
     return reply
 
 
+def refused_before_any_message(host: str, port: int) -> None:
+    """Peers without a valid agency certificate get no protocol answer at all."""
+    sock = tcp(host, port)  # plaintext: the protocol spoken without TLS
+    sock.sendall(protocol.encode(protocol.Hello(HAND_MADE)))
+    done, data = closed(sock)
+    sock.close()
+    check(done and (not data or data[0] == 0x15),  # nothing, or a TLS alert record
+          f"plaintext on the TLS port is closed without an answer (got {data[:16].hex() or 'nothing'})")
+
+    for agency, what in ((None, "a TLS client without a certificate"),
+                         (OUTSIDER, f"the certificate of agency {OUTSIDER}, outside the round")):
+        try:
+            sock = connect(host, port, agency)  # TLS 1.3: the client's side may finish first
+            sock.sendall(protocol.encode(protocol.Hello(agency or HAND_MADE)))
+            done, data = closed(sock)
+            sock.close()
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            done, data = True, b""
+        check(done and not data, f"{what} is refused: closed without an answer")
+
+
 def attacks(host: str, port: int) -> None:
-    target = 3  # the hand-made agency: nothing of it is stored until the `agency` scenario runs
+    refused_before_any_message(host, port)
+    target = HAND_MADE  # nothing of it is stored until the `agency` scenario runs
     oversized = bytes.fromhex("02020000") + (protocol.MAX_PAYLOAD + 1).to_bytes(2, "big")
     expect_error(host, port, oversized + b"x" * 100, ErrorCode.FRAME_TOO_LARGE, True)
     expect_error(host, port, bytes.fromhex("0201ffffffff"), ErrorCode.FRAME_TOO_LARGE, True)
@@ -141,9 +210,15 @@ def attacks(host: str, port: int) -> None:
     expect_error(host, port, protocol.encode(bad_bet), ErrorCode.INVALID_BET, False)
     quoted = protocol.Bet(target, 1, 1, 0, b'"Ana",Lopez,12,1990-01-01,1\n')
     expect_error(host, port, protocol.encode(quoted), ErrorCode.INVALID_BET, False, " to needless quotes")
-    expect_error(host, port, protocol.encode(protocol.Fin(999, 0, 0)), ErrorCode.UNKNOWN_AGENCY, False)
-    expect_error(host, port, protocol.encode(protocol.Hello(999)), ErrorCode.UNKNOWN_AGENCY, False, " to HELLO")
     line = b"Ana,Lopez,1,1990-01-01,1\n"
+    # The identity is the certificate's: agency 3 cannot speak for agency 2 (running beside it)
+    # nor for an agency that does not exist.
+    expect_error(host, port, protocol.encode(protocol.Hello(2)), ErrorCode.AGENCY_MISMATCH, False,
+                 " to a HELLO naming agency 2")
+    expect_error(host, port, protocol.encode(protocol.Bet(2, 1, 1, 0, line)), ErrorCode.AGENCY_MISMATCH, False,
+                 " to a batch of agency 2")
+    expect_error(host, port, protocol.encode(protocol.Fin(999, 0, 0)), ErrorCode.AGENCY_MISMATCH, False,
+                 " to a FIN of agency 999")
     mismatch = expect_error(host, port, protocol.encode(protocol.Bet(target, 1, 1, 0xDEADBEEF, line)),
                             ErrorCode.BETS_MISMATCH, False)
     check("deadbeef" in mismatch.reason and "00000000" in mismatch.reason,
@@ -151,11 +226,74 @@ def attacks(host: str, port: int) -> None:
     expect_error(host, port, protocol.encode(protocol.Bet(target, 5, 1, 0, line)), ErrorCode.SEQUENCE_GAP, False)
     expect_error(host, port, protocol.encode(protocol.Fin(target, 7, 0)), ErrorCode.SEQUENCE_GAP, False,
                  " to a FIN announcing unstored bets")
-    sock = connect(host, port)
-    sock.sendall(protocol.encode(protocol.Bet(2, 1, 1, 0, line))[:15])
-    sock.shutdown(socket.SHUT_WR)  # cut short: nothing of it may be stored or answered
-    check(sock.recv(1) == b"", "a truncated frame is closed without an answer")
-    sock.close()
+    truncated_frame(host, port, protocol.encode(protocol.Bet(target, 1, 1, 0, line))[:15])
+
+
+class HalfClosingTLS:
+    """A TLS client over memory BIOs, for what ssl.SSLSocket cannot do: send close_notify (the
+    end of the stream, TLS's half-close) and go on reading what the central still sends."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = tcp(host, port)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = tls_context(HAND_MADE).wrap_bio(self.incoming, self.outgoing, server_hostname=SERVER_NAME)
+        self._step(self.tls.do_handshake)
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _step(self, operation):  # type: ignore[no-untyped-def]
+        while True:
+            try:
+                result = operation()
+                self._flush()
+                return result
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(65536)
+                if data:
+                    self.incoming.write(data)
+                else:
+                    self.incoming.write_eof()
+
+    def send(self, data: bytes) -> None:
+        self._step(lambda: self.tls.write(data))
+
+    def end_stream(self) -> None:
+        """close_notify: no more bytes from this side; the read side stays open."""
+        try:
+            self.tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # the central's close_notify has not come yet; it need not
+        self._flush()
+
+    def read_to_end(self) -> bytes:
+        """Everything the central sends until it closes (its close_notify, an EOF, a reset)."""
+        data = b""
+        try:
+            while chunk := self._step(lambda: self.tls.read(65536)):
+                data += chunk
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+        return data
+
+
+def truncated_frame(host: str, port: int, cut: bytes) -> None:
+    peer = HalfClosingTLS(host, port)
+    peer.sock.settimeout(15)
+    peer.send(protocol.encode(protocol.Echo(b"ping")))
+    echo = peer._step(lambda: peer.tls.read(65536))
+    check(echo == protocol.encode(protocol.Echo(b"ping")), "ECHO answered over TLS")
+    peer.send(cut)
+    peer.end_stream()  # the stream ends mid-frame
+    try:
+        answer = peer.read_to_end()
+    except socket.timeout:
+        check(False, "a truncated frame is closed: the central did not close within 15 s")
+    check(answer == b"", f"a truncated frame is closed without an answer (got {answer[:32].hex() or 'nothing'})")
+    peer.sock.close()
 
 
 def main() -> int:

@@ -5,14 +5,26 @@ from PYTHON_IMAGE / GO_IMAGE / NETCAT_IMAGE as `make docker-image` and nc_test.s
 The compose project is `lottery-test` (its own network and storage volume); the container names
 are the ones compose_maker.py gives (server, client1, ...), so a `make docker-compose-up` of
 your own must be down while these run.
+
+Credentials: compose_maker.py issues them (client/cmd/certs) into a temporary directory of the
+session, SECRETS, which the compose file hands out as Compose secrets; a user's .secrets/ is
+never touched. The hand-made agency (raw_peer.py) gets agency 3's pair, and agency 4's for a
+certificate outside its round, mounted read-only.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
+import ssl
 import subprocess
+import sys
+import tempfile
 import time
+from datetime import datetime
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -22,6 +34,12 @@ from conftest import DEFAULT_WINNERS, ROOT
 
 PROJECT = "lottery-test"
 COMPOSE_FILE = ROOT / "docker-compose-test.yaml"
+SECRETS = Path(tempfile.mkdtemp(prefix="lottery-docker-secrets-"))
+atexit.register(shutil.rmtree, SECRETS, True)  # also when the Docker tests are deselected or fail early
+# The images under test, built from this tree with their own tags: another checkout's
+# `make docker-image` (server:latest, client:latest) cannot swap them during a run.
+IMAGES = {"server": "lottery-test/server:latest", "client": "lottery-test/client:latest"}
+RAW_PEER_CREDENTIALS = ["ca.pem", "agency-3.pem", "agency-3-key.pem", "agency-4.pem", "agency-4-key.pem"]
 
 
 def run(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -35,15 +53,27 @@ def run(*args: str, timeout: float = 120, check: bool = True) -> subprocess.Comp
 def images() -> None:
     if run("docker", "info", check=False, timeout=30).returncode != 0:
         pytest.fail("Docker is not available: start an engine (source ../shared/ci/docker-env.sh)")
-    run("make", "docker-image", timeout=900)
+    run("make", "docker-image", f"SERVER_IMAGE={IMAGES['server']}", f"CLIENT_IMAGE={IMAGES['client']}", timeout=900)
+
+
+def issue(agencies: int, directory: Path = SECRETS, **env: str) -> subprocess.CompletedProcess[str]:
+    """compose_maker.py --secrets-only N: the missing credentials of agencies 1..N."""
+    result = subprocess.run([sys.executable, "compose_maker.py", "--secrets-only", str(agencies), "--secrets-dir",
+                             str(directory)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **env})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 
 class Compose:
     """One compose project made by compose_maker.py, optionally tweaked, and helpers to watch it."""
 
     def __init__(self, agencies: int, tweak: Callable[[dict], None] | None = None) -> None:
-        run("python3", "compose_maker.py", str(agencies), "--output", str(COMPOSE_FILE))
+        run("python3", "compose_maker.py", str(agencies), "--output", str(COMPOSE_FILE),
+            "--secrets-dir", str(SECRETS), timeout=600)  # issues what SECRETS lacks
         spec = yaml.safe_load(COMPOSE_FILE.read_text())
+        for name, service in spec["services"].items():
+            service["image"] = IMAGES["server" if name == "server" else "client"]
         if tweak:
             tweak(spec)
         COMPOSE_FILE.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -79,9 +109,31 @@ class Compose:
             time.sleep(0.3)
         raise AssertionError(f"{container}: no {pattern!r} after {timeout}s:\n{self.logs(container)[-3000:]}")
 
+    def health(self, container: str = "server") -> str:
+        return run("docker", "inspect", "-f", "{{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                   container).stdout.strip()
+
+    def started_at(self, container: str) -> datetime:
+        stamp = run("docker", "inspect", "-f", "{{.State.StartedAt}}", container).stdout.strip()
+        return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", stamp).replace("Z", "+00:00"))
+
+    def secret_mounts(self, container: str) -> dict[str, str]:
+        """{path in the container: host file} of the container's read-only mounts in /run/secrets."""
+        fmt = "{{range .Mounts}}{{.Destination}} {{.Source}} {{.RW}}\n{{end}}"
+        mounts = {}
+        for line in run("docker", "inspect", "-f", fmt, container).stdout.splitlines():
+            if line.startswith("/run/secrets/"):
+                destination, source, rw = line.split()
+                assert rw == "false", line
+                mounts[destination] = source
+        return mounts
+
     def raw_peer(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """raw_peer.py in a container on the compose network: TLS to the agencies' port with
+        agency 3's credentials (and agency 4's), mounted read-only."""
         image = os.environ.get("PYTHON_IMAGE", "python:3.11-slim")
-        return run("docker", "run", "--rm", "--network", self.network,
+        credentials = [arg for name in RAW_PEER_CREDENTIALS for arg in ("-v", f"{SECRETS / name}:/tls/{name}:ro")]
+        return run("docker", "run", "--rm", "--network", self.network, *credentials,
                    "-v", f"{ROOT / 'server'}:/server:ro", "-v", f"{ROOT / 'tests' / 'docker'}:/peer:ro",
                    image, "python3", "/peer/raw_peer.py", "server", "12345", *args, timeout=timeout, check=False)
 
@@ -132,6 +184,31 @@ def test_five_agencies_get_their_winners_and_everything_stops_cleanly(compose) -
     assert server_log.count("action: sorteo | result: success") == 1
     assert "action: config | result: success | port: 12345 | listen_backlog:" in server_log
     assert "agencies: 5" in server_log
+    assert "action: listen | result: success | address: 0.0.0.0:12346 | port: health" in server_log
+    for agency in range(1, 6):
+        assert re.search(rf"action: handshake \| result: success \| peer: \S+ \| agency: {agency} ", server_log)
+
+    # Each container got exactly its own credentials, read-only, at the paths the programs read.
+    assert project.secret_mounts("server") == {
+        "/run/secrets/ca.pem": str(SECRETS / "ca.pem"), "/run/secrets/server.pem": str(SECRETS / "server.pem"),
+        "/run/secrets/server-key.pem": str(SECRETS / "server-key.pem")}
+    for agency, client in enumerate(project.clients, start=1):
+        assert project.secret_mounts(client) == {
+            "/run/secrets/ca.pem": str(SECRETS / "ca.pem"),
+            "/run/secrets/agency.pem": str(SECRETS / f"agency-{agency}.pem"),
+            "/run/secrets/agency-key.pem": str(SECRETS / f"agency-{agency}-key.pem")}
+    # Nothing is published: the health port is reached from the compose network only.
+    assert run("docker", "port", "server", check=False).stdout.strip() == ""
+
+    # The compose health check: healthy, and the agencies started only once it was (the first probe
+    # runs 2 s after the start), yet soon after.
+    assert project.health() == "healthy"
+    delays = [(project.started_at(client) - project.started_at("server")).total_seconds()
+              for client in project.clients]
+    assert all(1.5 <= delay <= 8 for delay in delays), delays
+    assert run("docker", "exec", "server", "python3", "/app/healthcheck.py", check=False).returncode == 0
+    wrong = run("docker", "exec", "server", "python3", "/app/healthcheck.py", "12345", check=False)
+    assert wrong.returncode == 1 and "healthcheck: fail" in wrong.stderr, wrong  # the TLS port does not echo
 
     # After the draw the server keeps running and answers health checks.
     check = nc_test()
@@ -211,10 +288,15 @@ def test_hand_made_agency_and_bad_input_beside_real_agencies(compose) -> None:
 
     project = compose(2, three_agencies_two_real)
     project("up", "-d", timeout=300)
+    issue(4)  # agency 3's pair for the hand-made agency, agency 4's for a certificate outside the round
     attack = project.raw_peer("attacks")
     assert attack.returncode == 0, attack.stdout + attack.stderr
-    assert attack.stdout.count("ok ") >= 18, attack.stdout
+    assert attack.stdout.count("ok ") >= 23, attack.stdout
     assert "ok BETS_MISMATCH names both checksums" in attack.stdout
+    for line in ("ok plaintext on the TLS port is closed without an answer",
+                 "ok a TLS client without a certificate is refused", "ok the certificate of agency 4",
+                 "ok AGENCY_MISMATCH answered to a HELLO naming agency 2", "ok a truncated frame is closed"):
+        assert line in attack.stdout, attack.stdout
     manual = project.raw_peer("agency", "3")
     assert manual.returncode == 0, manual.stdout + manual.stderr
     for line in ("ok HELLO answered: nothing stored yet", "ok one byte at a time: batch 1 acknowledged",
@@ -229,10 +311,12 @@ def test_hand_made_agency_and_bad_input_beside_real_agencies(compose) -> None:
         assert project.wait_exit(client) == 0, project.logs(client)[-3000:]
         assert f"cant_ganadores: {DEFAULT_WINNERS[agency]}" in project.logs(client)
     server_log = project.logs("server")
-    for code in ("FRAME_TOO_LARGE", "UNSUPPORTED_VERSION", "UNKNOWN_TYPE", "INVALID_BET", "UNKNOWN_AGENCY",
+    for code in ("FRAME_TOO_LARGE", "UNSUPPORTED_VERSION", "UNKNOWN_TYPE", "INVALID_BET", "AGENCY_MISMATCH",
                  "BETS_MISMATCH", "SEQUENCE_GAP"):
         assert re.search(rf"result: fail \|.*code: {code}", server_log), code
     assert "truncated frame" in server_log
+    for reason in ("not a TLS ClientHello", "no client certificate", "is not agency-N with N in 1..3"):
+        assert re.search(rf"action: handshake \| result: fail \|.*{reason}", server_log), reason
     assert "action: apuesta_recibida | result: fail | cantidad: 1" in server_log
     rows = run("docker", "exec", "server", "python3", "-c",
                "print(sum(1 for _ in open('/storage/bets.csv', 'rb')))").stdout.strip()
@@ -294,3 +378,40 @@ def test_agencies_killed_mid_run_and_restarted_store_every_bet_once(compose) -> 
                  "import csv, collections; rows = list(csv.reader(open('/storage/bets.csv', encoding='utf-8')));"
                  "print(len(rows), len({(r[0], r[3]) for r in rows}))").stdout.split()
     assert counts == ["32000", "32000"]
+
+
+def test_without_go_the_credentials_are_issued_in_the_go_image(images, tmp_path: Path) -> None:
+    """compose_maker.py on a machine with Docker and no Go: cmd/certs runs in GO_IMAGE, as the
+    user, and the credentials work for mutual TLS."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").symlink_to(shutil.which("docker"))  # docker, and no go, on PATH
+    directory = tmp_path / "secrets"
+    result = issue(2, directory, PATH=str(bin_dir))
+    created = sorted(line.rsplit("/", 1)[1] for line in result.stdout.splitlines() if line.startswith("created "))
+    assert created == sorted(["ca-key.pem", "ca.pem", "server-key.pem", "server.pem", "agency-1-key.pem",
+                              "agency-1.pem", "agency-2-key.pem", "agency-2.pem"]), result.stdout
+    for name in created:
+        info = (directory / name).stat()
+        assert (info.st_uid, info.st_gid) == (os.getuid(), os.getgid()), name
+        assert info.st_mode & 0o777 == (0o600 if name.endswith("key.pem") else 0o644), name
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(str(directory / "ca.pem"))
+    client.load_cert_chain(str(directory / "agency-2.pem"), str(directory / "agency-2-key.pem"))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_verify_locations(str(directory / "ca.pem"))
+    server.load_cert_chain(str(directory / "server.pem"), str(directory / "server-key.pem"))
+    # A handshake in memory: each side verifies the other against the CA.
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_side = server.wrap_bio(to_server, to_client, server_side=True)
+    client_side = client.wrap_bio(to_client, to_server, server_hostname="server")
+    for _ in range(5):
+        for side in (client_side, server_side):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+    client_side.write(b"x")
+    assert server_side.read(1) == b"x"
+    assert dict(rdn[0] for rdn in server_side.getpeercert()["subject"])["commonName"] == "agency-2"

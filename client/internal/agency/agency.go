@@ -7,14 +7,25 @@
 // and asks for its winners. Bets are numbered by their position among the file's valid bets,
 // so every bet is stored exactly once however the batches are cut, from one run to the next.
 //
-// Every blocking call honours the context: the dial uses DialContext, the connection is closed
-// by context.AfterFunc when the context is cancelled (interrupting a blocked read or write at
-// once), and the backoff sleep selects on ctx.Done. A stop by the context returns ErrStopped.
+// Every connection is mutual TLS 1.3 with the *tls.Config internal/transport built and checked
+// at start: the central's certificate is verified against the project CA for tls.serverName
+// and the agency presents its own certificate, whose verified name is its identity at the
+// central. A failed handshake, or a TLS alert from the central (it refused the agency's
+// certificate: with TLS 1.3 the agency learns it on its first read), is a connection failure
+// like a refused dial, logged with "tls: " and its reason and retried within retry.attempts.
+// The connection counts as established (action: connect | result: success) once the central
+// has answered its HELLO.
+//
+// Every blocking call honours the context: the dial and the TLS handshake use DialContext
+// (bounded by io.timeout), the connection is closed by context.AfterFunc when the context is
+// cancelled (interrupting a blocked read or write at once), and the backoff sleep selects on
+// ctx.Done. A stop by the context returns ErrStopped.
 package agency
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +33,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"strings"
+	"syscall"
 	"time"
 
 	"lottery/client/internal/bets"
@@ -43,7 +56,8 @@ var ErrProtocol = errors.New("protocol violation")
 var ErrBetsMismatch = errors.New("the bets file differs from the bets stored for this agency")
 
 // RefusedError is an ERROR answer that resending cannot fix (every code but DUPLICATE_FIN,
-// IDLE_TIMEOUT, SHUTTING_DOWN and INTERNAL_ERROR): the run stops with it.
+// IDLE_TIMEOUT, SHUTTING_DOWN and INTERNAL_ERROR, so BETS_MISMATCH and AGENCY_MISMATCH among
+// them): the run stops with it.
 type RefusedError struct {
 	Answer protocol.Error
 }
@@ -61,6 +75,38 @@ func (e *connError) Unwrap() error { return e.err }
 
 func broken(format string, args ...any) error {
 	return &connError{fmt.Errorf(format, args...)}
+}
+
+// tlsError is a TLS failure on a connection: a failed handshake (the central's certificate is
+// not the CA's or not for tls.serverName, the central refused the agency's certificate, a
+// central that does not speak TLS 1.3) or a TLS alert from the central. Its message starts
+// with "tls: " so the connect line says what failed; it is retried like any broken connection,
+// since a central restarting may refuse for a moment.
+type tlsError struct {
+	stage string // "handshake with server:12345", "refused by the central", ...
+	err   error
+}
+
+func (e *tlsError) Error() string {
+	// crypto/tls's own messages start with "tls: " too: say it once.
+	return "tls: " + e.stage + ": " + strings.TrimPrefix(e.err.Error(), "tls: ")
+}
+
+func (e *tlsError) Unwrap() error { return e.err }
+
+// closedByPeer reports whether err says the peer closed the connection (EOF, or a reset).
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// alertIn returns the TLS alert the peer sent that err holds, if any: crypto/tls returns it as
+// a *net.OpError whose Op is "remote error" ("remote error: tls: bad certificate").
+func alertIn(err error) (error, bool) {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "remote error" {
+		return op, true
+	}
+	return nil, false
 }
 
 // runStats sums up a run for its log lines.
@@ -81,10 +127,11 @@ type Agency struct {
 	reader  *bets.Reader
 	builder *bets.Builder // set once the first RESUME is verified
 
-	conn     net.Conn
-	br       *bufio.Reader
-	bw       *bufio.Writer
-	stopConn func() bool
+	conn        net.Conn
+	br          *bufio.Reader
+	bw          *bufio.Writer
+	stopConn    func() bool
+	established bool // the central has answered on this connection
 
 	verified    bool          // the first RESUME was checked against the file
 	acked       uint32        // the agency's bets 1..acked are stored (RESUME or ACK)
@@ -99,13 +146,35 @@ type Agency struct {
 	stats runStats
 }
 
-// New opens the bets file (data.path); the file is read lazily, row by row, during Run.
-func New(cfg config.Config, log *logs.Logger) (*Agency, error) {
+// TCP keepalive of the connection to the central: a silent peer is declared dead after about
+// 5 + 3*2 = 11 seconds.
+const (
+	keepAliveIdle     = 5 * time.Second
+	keepAliveInterval = 2 * time.Second
+	keepAliveCount    = 3
+)
+
+// New opens the bets file (data.path); the file is read lazily, row by row, during Run. Every
+// connection to the central is TLS with tlsConfig (internal/transport.Client): there is no
+// plaintext mode, so a nil tlsConfig is an error.
+func New(cfg config.Config, tlsConfig *tls.Config, log *logs.Logger) (*Agency, error) {
+	if tlsConfig == nil {
+		return nil, errors.New("agency: no TLS configuration")
+	}
 	f, err := os.Open(cfg.DataPath)
 	if err != nil {
 		return nil, fmt.Errorf("data.path: %w", err)
 	}
-	d := &net.Dialer{Timeout: cfg.IOTimeout, KeepAlive: 30 * time.Second}
+	// The dialer's Timeout bounds the TCP connect and the TLS handshake together. TCP
+	// keepalive probes find a connection that died silently (a network cut) within about
+	// keepAliveIdle + keepAliveCount * keepAliveInterval, even while the agency waits minutes
+	// for a held winners query: it then reconnects, and its new session supersedes the old one.
+	d := &tls.Dialer{
+		NetDialer: &net.Dialer{Timeout: cfg.IOTimeout, KeepAliveConfig: net.KeepAliveConfig{
+			Enable: true, Idle: keepAliveIdle, Interval: keepAliveInterval, Count: keepAliveCount,
+		}},
+		Config: tlsConfig,
+	}
 	return &Agency{
 		cfg:    cfg,
 		log:    log,
@@ -195,7 +264,7 @@ func (a *Agency) dropConn() {
 	}
 	a.stopConn()
 	_ = a.conn.Close() // may already be closed by the context
-	a.conn, a.br, a.bw, a.stopConn = nil, nil, nil, nil
+	a.conn, a.br, a.bw, a.stopConn, a.established = nil, nil, nil, nil, false
 }
 
 // attempt connects if needed and runs the session from wherever it stands.
@@ -203,13 +272,18 @@ func (a *Agency) attempt(ctx context.Context) error {
 	if a.conn == nil {
 		conn, err := a.dial(ctx, "tcp", a.cfg.ServerAddress)
 		if err != nil {
-			return broken("%w", err) // "dial tcp host:port: ..."
+			var op *net.OpError
+			if errors.As(err, &op) && op.Op == "dial" {
+				return broken("%w", err) // "dial tcp host:port: ...": no TCP connection
+			}
+			return &connError{&tlsError{"handshake with " + a.cfg.ServerAddress, err}}
 		}
 		a.conn = conn
 		a.br = bufio.NewReaderSize(conn, protocol.MaxFrame)
 		a.bw = bufio.NewWriterSize(conn, 4*protocol.MaxFrame)
 		a.stopConn = context.AfterFunc(ctx, func() { _ = conn.Close() })
-		a.log.Info("connect", logs.Success, "server_address", a.cfg.ServerAddress)
+		// "connect | result: success" is logged when the central answers the HELLO (read):
+		// with TLS 1.3 the central's verdict on the agency's certificate arrives only then.
 		if err := a.hello(); err != nil {
 			return err
 		}
@@ -526,10 +600,10 @@ func (a *Agency) nextBatch() (*bets.Batch, error) {
 	}
 }
 
-// read reads one frame with a deadline of d. Framing violations are fatal; I/O errors and
-// ERROR IDLE_TIMEOUT / SHUTTING_DOWN / INTERNAL_ERROR are broken connections (the central
-// closes the connection after them, and resending may succeed later); other ERRORs are
-// refusals.
+// read reads one frame with a deadline of d. Framing violations are fatal; I/O errors, TLS
+// alerts and ERROR IDLE_TIMEOUT / SHUTTING_DOWN / INTERNAL_ERROR are broken connections (the
+// central closes the connection after them, and resending may succeed later); other ERRORs
+// are refusals. The first frame of a connection logs it as established.
 func (a *Agency) read(d time.Duration) (protocol.Message, error) {
 	_ = a.conn.SetReadDeadline(time.Now().Add(d))
 	m, err := protocol.ReadFrame(a.br)
@@ -537,7 +611,23 @@ func (a *Agency) read(d time.Duration) (protocol.Message, error) {
 		if _, ok := protocol.CodeOf(err); ok {
 			return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
+		if alert, ok := alertIn(err); ok {
+			stage := "alert from the central"
+			if !a.established {
+				stage = "refused by the central" // e.g. it does not accept this agency's certificate
+			}
+			return nil, &connError{&tlsError{stage, alert}}
+		}
+		if !a.established && closedByPeer(err) {
+			// The central closes a connection whose verified certificate it does not take as
+			// an agency of this round (e.g. agency-7 of 5) without a TLS alert.
+			return nil, broken("read: %w (the central closed the connection before answering HELLO: does it accept this agency's certificate?)", err)
+		}
 		return nil, broken("read: %w", err)
+	}
+	if !a.established {
+		a.established = true
+		a.log.Info("connect", logs.Success, "server_address", a.cfg.ServerAddress)
 	}
 	if e, ok := m.(protocol.Error); ok {
 		switch e.Code {

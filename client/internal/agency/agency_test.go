@@ -1,9 +1,13 @@
-// Tests of the agency session against a small in-test TCP server that speaks protocol
-// version 2 like the central (HELLO / RESUME, positions, chains): happy path, pipelining
+// Tests of the agency session against a small in-test central that speaks protocol version 2
+// (HELLO / RESUME, positions, chains) over mutual TLS 1.3 (crypto/tls.NewListener, credentials
+// issued by internal/certs into t.TempDir at test time, never committed), and, like the
+// central, takes the agency's identity from its verified certificate: happy path, pipelining
 // window, dropped connections with resend, batches stored without ACK dropped on reconnect,
 // resume after a restart with another batch size, a file that does not match what is stored,
-// a recorded FIN, quoted names, DUPLICATE_FIN, transient and fatal answers, SHUTTING_DOWN
-// during the winners wait, cancellation, and a server that is never up.
+// a recorded FIN, quoted names, DUPLICATE_FIN, transient and fatal answers (AGENCY_MISMATCH
+// included), SHUTTING_DOWN during the winners wait, cancellation, a server that is never up,
+// a central whose certificate the agency refuses (another CA, another name) and a central
+// that refuses the agency's certificate.
 
 package agency
 
@@ -11,8 +15,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,18 +28,81 @@ import (
 	"testing"
 	"time"
 
+	"lottery/client/internal/certs"
 	"lottery/client/internal/config"
 	"lottery/client/internal/logs"
 	"lottery/client/internal/protocol"
+	"lottery/client/internal/transport"
 )
 
 const testTimeout = 10 * time.Second
 
+// credentials issues a CA, a central certificate for 127.0.0.1 and localhost, and agencies
+// 1..3 into a new temporary directory.
+func credentials(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	req := certs.Request{Dir: dir, Agencies: 3, ServerNames: []string{"127.0.0.1", "localhost"}, Days: 1, CADays: 2}
+	if _, err := certs.Issue(req); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// credentialsOfCA issues a central certificate for serverNames (and agencies 1..3) signed by
+// the CA of caDir into a new temporary directory.
+func credentialsOfCA(t *testing.T, caDir string, serverNames ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{certs.CAFile, certs.CAKeyFile} {
+		data, err := os.ReadFile(filepath.Join(caDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := certs.Request{Dir: dir, Agencies: 3, ServerNames: serverNames, Days: 1, CADays: 2}
+	if _, err := certs.Issue(req); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// centralTLS is the central's side: TLS 1.3 only, serverDir's central certificate, and a
+// certificate required of every agency, verified against clientCADir's CA.
+func centralTLS(t *testing.T, serverDir, clientCADir string) *tls.Config {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(filepath.Join(serverDir, certs.ServerFile), filepath.Join(serverDir, certs.ServerKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(clientCADir, certs.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("no CA certificate")
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		MaxVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{pair},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+	}
+}
+
 // fakeServer is a minimal central for one agency: it stores bets by position on top of their
-// chain, answers in order, and checks that every connection starts with HELLO.
+// chain, answers in order, and checks that every connection starts with HELLO. It speaks
+// mutual TLS 1.3 and, like the central, refuses with AGENCY_MISMATCH a message naming another
+// agency than the connection's certificate.
 type fakeServer struct {
-	t  *testing.T
-	ln net.Listener
+	t   *testing.T
+	ln  net.Listener
+	dir string // the credentials of the agencies it accepts
 
 	// Behaviour, set before start.
 	dropAfterBets   int                                               // first connection: close on reading the N-th BET
@@ -47,37 +117,56 @@ type fakeServer struct {
 	holdWinners     bool                                              // never answer WINNERS_QUERY
 	shutdownQueries int                                               // answer the first N WINNERS_QUERY with SHUTTING_DOWN and close
 	badAck          bool                                              // ACK stored+1 instead of stored
+	closeUnanswered bool                                              // close every connection after the handshake, reading nothing
 	resume          func(conn int, r protocol.Resume) protocol.Resume // alters the RESUME answers
 	winners         []string                                          // documents to send
 	pageSize        int                                               // documents per WINNERS page (0: all in one)
 	queried         chan struct{}                                     // receives on every WINNERS_QUERY
 	windowViolation string
 
-	mu        sync.Mutex
-	conns     int
-	types     map[int][]protocol.Type // the messages of each connection, by number from 1
-	stored    []byte                  // the agency's bet lines, in position order
-	count     uint32                  // bets stored
-	chain     uint32                  // their chain
-	lastBatch *protocol.Bet           // the last batch stored, acknowledged again if resent
-	finished  bool
-	received  map[uint32]int // how many BETs carried each position, resends included
-	fin       *protocol.Fin  // the FIN recorded
-	finCount  int
-	wg        sync.WaitGroup
+	mu            sync.Mutex
+	conns         int
+	handshakeErrs []error                 // the handshakes that failed, in order
+	peers         map[int]string          // the verified certificate name of each connection
+	versions      map[int]uint16          // the TLS version of each connection
+	types         map[int][]protocol.Type // the messages of each connection, by number from 1
+	stored        []byte                  // the agency's bet lines, in position order
+	count         uint32                  // bets stored
+	chain         uint32                  // their chain
+	lastBatch     *protocol.Bet           // the last batch stored, acknowledged again if resent
+	finished      bool
+	received      map[uint32]int // how many BETs carried each position, resends included
+	fin           *protocol.Fin  // the FIN recorded
+	finCount      int
+	wg            sync.WaitGroup
+	stopOnce      sync.Once
 }
 
+// newFakeServer starts listening with new credentials: the agencies it accepts use the same
+// ones (srv.config).
 func newFakeServer(t *testing.T) *fakeServer {
+	t.Helper()
+	dir := credentials(t)
+	return newFakeServerTLS(t, dir, dir)
+}
+
+// newFakeServerTLS listens with serverDir's central certificate and accepts agencies whose
+// certificates clientCADir's CA signed.
+func newFakeServerTLS(t *testing.T, serverDir, clientCADir string) *fakeServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeServer{t: t, ln: ln, types: map[int][]protocol.Type{}, received: map[uint32]int{},
-		queried: make(chan struct{}, 16)}
+	return &fakeServer{t: t, ln: tls.NewListener(ln, centralTLS(t, serverDir, clientCADir)), dir: clientCADir,
+		types: map[int][]protocol.Type{}, peers: map[int]string{}, versions: map[int]uint16{},
+		received: map[uint32]int{}, queried: make(chan struct{}, 16)}
 }
 
 func (s *fakeServer) addr() string { return s.ln.Addr().String() }
+
+// config is agency 3's configuration for this server and the bets file data.
+func (s *fakeServer) config(data string) config.Config { return testConfig(s.dir, s.addr(), data) }
 
 // preload stores lines (count canonical bet lines) as if an earlier run had sent them.
 func (s *fakeServer) preload(lines []byte, finished bool) {
@@ -108,7 +197,13 @@ func (s *fakeServer) start() {
 			}()
 		}
 	}()
-	s.t.Cleanup(func() {
+	s.t.Cleanup(s.stop)
+}
+
+// stop closes the listener and waits for every connection to end: what the server recorded
+// is then final.
+func (s *fakeServer) stop() {
+	s.stopOnce.Do(func() {
 		s.ln.Close()
 		done := make(chan struct{})
 		go func() { s.wg.Wait(); close(done) }()
@@ -120,8 +215,47 @@ func (s *fakeServer) start() {
 	})
 }
 
+// handshake runs the central's side of the TLS handshake and returns the agency name its
+// certificate proves; on a failure it records it, and reads what the agency still sends until
+// it closes, so the agency gets the alert rather than a reset connection.
+func (s *fakeServer) handshake(c *tls.Conn, connNo int) (string, bool) {
+	if err := c.Handshake(); err != nil {
+		s.mu.Lock()
+		s.handshakeErrs = append(s.handshakeErrs, err)
+		s.mu.Unlock()
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, c.NetConn())
+		return "", false
+	}
+	st := c.ConnectionState()
+	peer := st.PeerCertificates[0].Subject.CommonName
+	s.mu.Lock()
+	s.peers[connNo], s.versions[connNo] = peer, st.Version
+	s.mu.Unlock()
+	return peer, true
+}
+
+// agencyOf returns the agency a message names, for the messages an agency sends.
+func agencyOf(m protocol.Message) (uint32, bool) {
+	switch v := m.(type) {
+	case protocol.Hello:
+		return v.Agency, true
+	case protocol.Bet:
+		return v.Agency, true
+	case protocol.Fin:
+		return v.Agency, true
+	case protocol.WinnersQuery:
+		return v.Agency, true
+	}
+	return 0, false
+}
+
 func (s *fakeServer) serve(c net.Conn, connNo int) {
 	_ = c.SetDeadline(time.Now().Add(testTimeout))
+	peer, ok := s.handshake(c.(*tls.Conn), connNo)
+	if !ok || s.closeUnanswered {
+		return
+	}
 	br := bufio.NewReader(c)
 	bw := bufio.NewWriter(c)
 	send := func(m protocol.Message) bool { return protocol.Send(bw, m) == nil }
@@ -139,6 +273,17 @@ func (s *fakeServer) serve(c net.Conn, connNo int) {
 		if (nth == 1) != (m.Type() == protocol.TypeHello) {
 			s.t.Errorf("connection %d: %s as message %d; HELLO must come first, once", connNo, m.Type(), nth)
 			return
+		}
+		if agency, ok := agencyOf(m); ok && transport.AgencyName(agency) != peer {
+			var position uint32
+			if b, ok := m.(protocol.Bet); ok {
+				position = b.First
+			}
+			reason := fmt.Sprintf("the certificate is %s's, the message names agency %d", peer, agency)
+			if !send(protocol.Error{Code: protocol.CodeAgencyMismatch, Position: position, Reason: reason}) {
+				return
+			}
+			continue
 		}
 		switch v := m.(type) {
 		case protocol.Hello:
@@ -386,12 +531,27 @@ func firstLines(lines []byte, n int) []byte {
 	return lines[:end:end]
 }
 
-func testConfig(addr, data string) config.Config {
+// testConfig is agency 3's configuration with the credentials of dir, the central at addr (its
+// certificate checked for addr's host, as config does by default) and the bets file data.
+func testConfig(dir, addr, data string) config.Config {
+	host, _, _ := net.SplitHostPort(addr)
 	return config.Config{
 		ID: 3, ServerAddress: addr, LogLevel: logs.Info, BatchMaxAmount: 10, BatchWindow: 4,
 		DataPath: data, RetryAttempts: 5, RetryInitialBackoff: time.Millisecond,
 		RetryMaxBackoff: 20 * time.Millisecond, IOTimeout: 2 * time.Second, WinnersTimeout: 5 * time.Second,
+		TLSCA: filepath.Join(dir, certs.CAFile), TLSCert: filepath.Join(dir, certs.AgencyFile(3)),
+		TLSKey: filepath.Join(dir, certs.AgencyKeyFile(3)), TLSServerName: host,
 	}
+}
+
+// clientTLS builds cfg's TLS configuration as the program does at start.
+func clientTLS(t *testing.T, cfg config.Config) *tls.Config {
+	t.Helper()
+	c, err := transport.Client(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 type syncBuffer struct {
@@ -411,11 +571,18 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// runAgency runs an agency with cfg under ctx and returns the agency, its log and Run's error.
+// runAgency runs an agency with cfg (its TLS configuration built from cfg, as at start) under
+// ctx and returns the agency, its log and Run's error.
 func runAgency(t *testing.T, ctx context.Context, cfg config.Config) (*Agency, string, error) {
 	t.Helper()
+	return runAgencyTLS(t, ctx, cfg, clientTLS(t, cfg))
+}
+
+// runAgencyTLS runs an agency with cfg and the TLS configuration tlsConfig.
+func runAgencyTLS(t *testing.T, ctx context.Context, cfg config.Config, tlsConfig *tls.Config) (*Agency, string, error) {
+	t.Helper()
 	var out syncBuffer
-	a, err := New(cfg, logs.New(&out, cfg.LogLevel))
+	a, err := New(cfg, tlsConfig, logs.New(&out, cfg.LogLevel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,7 +618,7 @@ func TestHappyPath(t *testing.T) {
 			srv.winners, srv.pageSize = tt.winners, tt.pageSize
 			srv.start()
 			path, want := csvFile(t, tt.rows)
-			cfg := testConfig(srv.addr(), path)
+			cfg := srv.config(path)
 			cfg.BatchMaxAmount, cfg.BatchWindow, cfg.LogLevel = tt.maxAmount, tt.window, tt.level
 			a, log, err := runAgency(t, context.Background(), cfg)
 			if err != nil {
@@ -508,11 +675,191 @@ func TestHappyPath(t *testing.T) {
 	}
 }
 
+// TestHappyPathOverMutualTLS checks every connection, a reconnection's included, is TLS 1.3
+// carrying agency 3's verified certificate, and that the central's certificate is checked for
+// tls.serverName, whatever host is dialled.
+func TestHappyPathOverMutualTLS(t *testing.T) {
+	for _, serverName := range []string{"127.0.0.1", "localhost"} {
+		t.Run(serverName, func(t *testing.T) {
+			srv := newFakeServer(t)
+			srv.dropAfterBets, srv.ackBeforeDrop, srv.storeBeforeDrop = 2, 1, 1 // two connections
+			srv.winners = []string{"30000001"}
+			srv.start()
+			path, want := csvFile(t, 25)
+			cfg := srv.config(path)
+			cfg.TLSServerName = serverName
+			a, log, err := runAgency(t, context.Background(), cfg)
+			if err != nil {
+				t.Fatalf("Run: %v\n%s", err, log)
+			}
+			if !bytes.Equal(srv.allStored(), want) || len(a.stats.winners) != 1 {
+				t.Fatalf("stored %d bytes, winners %v", len(srv.allStored()), a.stats.winners)
+			}
+			srv.mu.Lock()
+			defer srv.mu.Unlock()
+			if srv.conns != 2 || len(srv.handshakeErrs) != 0 {
+				t.Fatalf("%d connections, failed handshakes %v", srv.conns, srv.handshakeErrs)
+			}
+			for conn := 1; conn <= 2; conn++ {
+				if srv.peers[conn] != "agency-3" || srv.versions[conn] != tls.VersionTLS13 {
+					t.Fatalf("connection %d: peer %q, version %x; want agency-3 over TLS 1.3", conn, srv.peers[conn], srv.versions[conn])
+				}
+			}
+			if n := strings.Count(log, "INFO action: connect | result: success | server_address: "+srv.addr()+"\n"); n != 2 {
+				t.Fatalf("%d connect lines, want 2:\n%s", n, log)
+			}
+		})
+	}
+}
+
+// TestRefusesTheCentralsCertificate has a central present a certificate of another CA, or of
+// the project CA for another name: every handshake fails on the agency's side, so not a byte
+// of protocol is sent; each is logged as a TLS failure with its reason and retried within
+// retry.attempts.
+func TestRefusesTheCentralsCertificate(t *testing.T) {
+	tests := []struct {
+		name       string
+		serverDir  func(t *testing.T, agencyDir string) string
+		serverName string
+		reason     string
+	}{
+		{"another CA", func(t *testing.T, _ string) string { return credentials(t) }, "",
+			"failed to verify certificate: x509: certificate signed by unknown authority"},
+		{"another name", func(t *testing.T, dir string) string { return credentialsOfCA(t, dir, "central.example") }, "server",
+			"failed to verify certificate: x509: certificate is valid for central.example, not server"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := credentials(t)
+			srv := newFakeServerTLS(t, tt.serverDir(t, dir), dir)
+			srv.start()
+			path, _ := csvFile(t, 5)
+			cfg := srv.config(path)
+			cfg.RetryAttempts = 2
+			if tt.serverName != "" {
+				cfg.TLSServerName = tt.serverName
+			}
+			_, log, err := runAgency(t, context.Background(), cfg)
+			var te *tlsError
+			if !errors.As(err, &te) || !strings.Contains(err.Error(), "giving up after 2 failed attempts") {
+				t.Fatalf("Run error %v, want giving up on a TLS failure\n%s", err, log)
+			}
+			for k := 1; k <= 2; k++ {
+				line := fmt.Sprintf("WARNING action: connect | result: fail | attempt: %d | error: tls: handshake with %s: %s", k, srv.addr(), tt.reason)
+				if !strings.Contains(log, line) {
+					t.Fatalf("log lacks %q:\n%s", line, log)
+				}
+			}
+			if strings.Contains(log, "action: connect | result: success") || strings.Contains(log, "close_connection") {
+				t.Fatalf("a connection counted as established:\n%s", log)
+			}
+			srv.stop()
+			srv.mu.Lock()
+			defer srv.mu.Unlock()
+			if srv.conns != 2 || len(srv.handshakeErrs) != 2 || len(srv.types) != 0 || len(srv.peers) != 0 {
+				t.Fatalf("%d connections, failed handshakes %v, messages %v: want 2 failed handshakes and no message",
+					srv.conns, srv.handshakeErrs, srv.types)
+			}
+		})
+	}
+}
+
+// TestCentralRefusesTheAgencysCertificate has a central that trusts another CA's agencies:
+// with TLS 1.3 the agency learns it when it reads the answer to its HELLO (an alert). It is
+// logged as a TLS failure and retried; the central never reads a message.
+func TestCentralRefusesTheAgencysCertificate(t *testing.T) {
+	dir := credentials(t)
+	srv := newFakeServerTLS(t, dir, credentials(t))
+	srv.start()
+	path, _ := csvFile(t, 5)
+	cfg := testConfig(dir, srv.addr(), path)
+	cfg.RetryAttempts = 2
+	_, log, err := runAgency(t, context.Background(), cfg)
+	var te *tlsError
+	if !errors.As(err, &te) || !strings.Contains(err.Error(), "giving up after 2 failed attempts") {
+		t.Fatalf("Run error %v, want giving up on a TLS failure\n%s", err, log)
+	}
+	for k := 1; k <= 2; k++ {
+		line := fmt.Sprintf("WARNING action: connect | result: fail | attempt: %d | error: tls: refused by the central: remote error: tls: unknown certificate authority\n", k)
+		if !strings.Contains(log, line) {
+			t.Fatalf("log lacks %q:\n%s", line, log)
+		}
+	}
+	if strings.Contains(log, "action: connect | result: success") {
+		t.Fatalf("a refused connection counted as established:\n%s", log)
+	}
+	srv.stop()
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.conns != 2 || len(srv.handshakeErrs) != 2 || len(srv.types) != 0 {
+		t.Fatalf("%d connections, failed handshakes %v, messages %v", srv.conns, srv.handshakeErrs, srv.types)
+	}
+}
+
+// TestCentralClosesAfterTheHandshake has a central that closes every connection after the
+// handshake without answering, as the central does with a verified certificate that is not an
+// agency of its round: each attempt fails with a line that says so, and is retried.
+func TestCentralClosesAfterTheHandshake(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.closeUnanswered = true
+	srv.start()
+	path, _ := csvFile(t, 5)
+	cfg := srv.config(path)
+	cfg.RetryAttempts = 2
+	_, log, err := runAgency(t, context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "giving up after 2 failed attempts") {
+		t.Fatalf("Run error %v\n%s", err, log)
+	}
+	for k := 1; k <= 2; k++ {
+		prefix := fmt.Sprintf("WARNING action: connect | result: fail | attempt: %d | error: read: ", k)
+		if !strings.Contains(log, prefix) {
+			t.Fatalf("log lacks %q:\n%s", prefix, log)
+		}
+	}
+	if n := strings.Count(log, "(the central closed the connection before answering HELLO: does it accept this agency's certificate?)\n"); n != 2 {
+		t.Fatalf("%d lines say the central closed before answering, want 2:\n%s", n, log)
+	}
+	if strings.Contains(log, "action: connect | result: success") {
+		t.Fatalf("an unanswered connection counted as established:\n%s", log)
+	}
+}
+
+// TestAgencyMismatchEndsTheRun runs an agency whose messages name agency 3 on a connection
+// whose certificate is agency 2's (the check at start makes that impossible with one
+// configuration: here the TLS configuration is agency 2's): the central refuses its HELLO
+// with AGENCY_MISMATCH, and the run stops with that refusal, without retrying.
+func TestAgencyMismatchEndsTheRun(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.start()
+	path, _ := csvFile(t, 10)
+	cfg := srv.config(path)
+	agency2 := cfg
+	agency2.ID = 2
+	agency2.TLSCert, agency2.TLSKey = filepath.Join(srv.dir, certs.AgencyFile(2)), filepath.Join(srv.dir, certs.AgencyKeyFile(2))
+	_, log, err := runAgencyTLS(t, context.Background(), cfg, clientTLS(t, agency2))
+	const reason = "the certificate is agency-2's, the message names agency 3"
+	if !refusedWith(protocol.CodeAgencyMismatch)(err) || !strings.Contains(err.Error(), reason) {
+		t.Fatalf("Run error %v, want the AGENCY_MISMATCH refusal\n%s", err, log)
+	}
+	if types := srv.connTypes(1); len(types) != 1 || types[0] != protocol.TypeHello {
+		t.Fatalf("messages %v, want only HELLO", types)
+	}
+	srv.mu.Lock()
+	conns, peer := srv.conns, srv.peers[1]
+	srv.mu.Unlock()
+	if conns != 1 || peer != "agency-2" {
+		t.Fatalf("%d connections of %q: a refusal must not be retried", conns, peer)
+	}
+	if strings.Contains(log, "result: fail | attempt: ") {
+		t.Fatalf("the refusal was retried:\n%s", log)
+	}
+}
+
 func TestInvalidRowsAreSkipped(t *testing.T) {
 	srv := newFakeServer(t)
 	srv.start()
 	path, want := csvFile(t, 12, "Ana,Lopez,1,2001-02-29,5", `Ana,Lo"pez,1,2000-01-01,5`, "Ana,Lopez,1,2000-01-01")
-	a, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+	a, log, err := runAgency(t, context.Background(), srv.config(path))
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log)
 	}
@@ -553,7 +900,7 @@ func TestQuotedNamesTravelCanonical(t *testing.T) {
 	if err := os.WriteFile(path, []byte(rows), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(srv.addr(), path)
+	cfg := srv.config(path)
 	cfg.LogLevel, cfg.BatchMaxAmount = logs.Debug, 3
 	_, log, err := runAgency(t, context.Background(), cfg)
 	if err != nil {
@@ -580,7 +927,7 @@ func TestPipelineWindow(t *testing.T) {
 			srv.windowCheck = window
 			srv.start()
 			path, want := csvFile(t, window*10*3) // three full windows of batches
-			cfg := testConfig(srv.addr(), path)
+			cfg := srv.config(path)
 			cfg.BatchWindow = window
 			_, log, err := runAgency(t, context.Background(), cfg)
 			if err != nil {
@@ -620,7 +967,7 @@ func TestReconnect(t *testing.T) {
 			srv.winners = []string{"30000004"}
 			srv.start()
 			path, want := csvFile(t, 100)
-			a, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+			a, log, err := runAgency(t, context.Background(), srv.config(path))
 			if err != nil {
 				t.Fatalf("Run: %v\n%s", err, log)
 			}
@@ -686,7 +1033,7 @@ func TestResume(t *testing.T) {
 			path, want := csvFile(t, 95, "Ana,Lopez,1,2001-02-29,5")
 			srv.preload(firstLines(want, tt.stored), false)
 			srv.start()
-			cfg := testConfig(srv.addr(), path)
+			cfg := srv.config(path)
 			cfg.BatchMaxAmount = tt.maxAmount
 			a, log, err := runAgency(t, context.Background(), cfg)
 			if err != nil {
@@ -722,7 +1069,7 @@ func TestRestartWithAnotherBatchSize(t *testing.T) {
 	srv.dropAfterBets, srv.ackBeforeDrop, srv.storeBeforeDrop = 6, 3, 4 // 28 bets stored
 	srv.start()
 	path, want := csvFile(t, 100)
-	cfg := testConfig(srv.addr(), path)
+	cfg := srv.config(path)
 	cfg.BatchMaxAmount, cfg.RetryAttempts = 7, 1
 	_, log, err := runAgency(t, context.Background(), cfg)
 	if err == nil || !strings.Contains(err.Error(), "giving up after 1 failed attempts") {
@@ -779,7 +1126,7 @@ func TestResumeMismatch(t *testing.T) {
 				srv.resume = func(_ int, r protocol.Resume) protocol.Resume { r.Chain = tt.chain(r.Chain); return r }
 			}
 			srv.start()
-			_, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+			_, log, err := runAgency(t, context.Background(), srv.config(path))
 			if !errors.Is(err, ErrBetsMismatch) {
 				t.Fatalf("Run error %v, want ErrBetsMismatch\n%s", err, log)
 			}
@@ -831,7 +1178,7 @@ func TestReconnectResumeMismatch(t *testing.T) {
 			}
 			srv.start()
 			path, _ := csvFile(t, 100)
-			_, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+			_, log, err := runAgency(t, context.Background(), srv.config(path))
 			if !errors.Is(err, ErrBetsMismatch) {
 				t.Fatalf("Run error %v, want ErrBetsMismatch\n%s", err, log)
 			}
@@ -853,7 +1200,7 @@ func TestFinishedGoesStraightToWinners(t *testing.T) {
 	path, want := csvFile(t, 25, "Ana,Lopez,1,2001-02-29,5")
 	srv.preload(want, true)
 	srv.start()
-	a, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+	a, log, err := runAgency(t, context.Background(), srv.config(path))
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log)
 	}
@@ -883,7 +1230,7 @@ func TestFinRecordedBeforeItsAnswer(t *testing.T) {
 	srv.dropAfterFin = 1
 	srv.start()
 	path, _ := csvFile(t, 15)
-	_, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+	_, log, err := runAgency(t, context.Background(), srv.config(path))
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log)
 	}
@@ -900,7 +1247,7 @@ func TestInternalErrorIsRetried(t *testing.T) {
 	srv.internalErrors = 2
 	srv.start()
 	path, want := csvFile(t, 35)
-	a, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+	a, log, err := runAgency(t, context.Background(), srv.config(path))
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log)
 	}
@@ -923,7 +1270,7 @@ func TestDuplicateFinIsSuccess(t *testing.T) {
 	srv.alwaysDupFin = true
 	srv.start()
 	path, _ := csvFile(t, 15)
-	_, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+	_, log, err := runAgency(t, context.Background(), srv.config(path))
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log)
 	}
@@ -938,7 +1285,7 @@ func TestShuttingDownDuringWinnersRetriesQuery(t *testing.T) {
 	srv.winners = []string{"1", "2"}
 	srv.start()
 	path, _ := csvFile(t, 15)
-	a, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+	a, log, err := runAgency(t, context.Background(), srv.config(path))
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log)
 	}
@@ -984,6 +1331,9 @@ func TestFatalAnswers(t *testing.T) {
 			// The reason, with both checksums, reaches the exit line.
 			return refusedWith(protocol.CodeBetsMismatch)(err) && strings.Contains(err.Error(), mismatch)
 		}},
+		{"AGENCY_MISMATCH on a batch", func(s *fakeServer) {
+			s.betError = &protocol.Error{Code: protocol.CodeAgencyMismatch, Reason: "the certificate is agency-2's, the message names agency 3"}
+		}, refusedWith(protocol.CodeAgencyMismatch)},
 		{"SEQUENCE_GAP", func(s *fakeServer) {
 			s.betError = &protocol.Error{Code: protocol.CodeSequenceGap}
 		}, refusedWith(protocol.CodeSequenceGap)},
@@ -1008,7 +1358,7 @@ func TestFatalAnswers(t *testing.T) {
 			tt.setup(srv)
 			srv.start()
 			path, _ := csvFile(t, 30)
-			_, log, err := runAgency(t, context.Background(), testConfig(srv.addr(), path))
+			_, log, err := runAgency(t, context.Background(), srv.config(path))
 			if !tt.check(err) {
 				t.Fatalf("Run error %v\n%s", err, log)
 			}
@@ -1037,7 +1387,7 @@ func TestCancelWhileWaitingForWinners(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	_, log, err := runAgency(t, ctx, testConfig(srv.addr(), path))
+	_, log, err := runAgency(t, ctx, srv.config(path))
 	if !errors.Is(err, ErrStopped) {
 		t.Fatalf("Run error %v, want ErrStopped\n%s", err, log)
 	}
@@ -1054,7 +1404,7 @@ func TestWinnersTimeoutReconnects(t *testing.T) {
 	srv.holdWinners = true
 	srv.start()
 	path, _ := csvFile(t, 5)
-	cfg := testConfig(srv.addr(), path)
+	cfg := srv.config(path)
 	cfg.WinnersTimeout, cfg.RetryAttempts = 50*time.Millisecond, 3
 	_, log, err := runAgency(t, context.Background(), cfg)
 	if err == nil || errors.Is(err, ErrStopped) || !strings.Contains(err.Error(), "giving up after 3") {
@@ -1079,7 +1429,7 @@ func unusedAddr(t *testing.T) string {
 
 func TestServerNeverUp(t *testing.T) {
 	path, _ := csvFile(t, 5)
-	cfg := testConfig(unusedAddr(t), path)
+	cfg := testConfig(credentials(t), unusedAddr(t), path)
 	cfg.RetryAttempts = 3
 	_, log, err := runAgency(t, context.Background(), cfg)
 	if err == nil || errors.Is(err, ErrStopped) || !strings.Contains(err.Error(), "giving up after 3 failed attempts") {
@@ -1097,7 +1447,7 @@ func TestServerNeverUp(t *testing.T) {
 
 func TestCancelDuringBackoff(t *testing.T) {
 	path, _ := csvFile(t, 5)
-	cfg := testConfig(unusedAddr(t), path)
+	cfg := testConfig(credentials(t), unusedAddr(t), path)
 	cfg.RetryAttempts, cfg.RetryInitialBackoff, cfg.RetryMaxBackoff = 100, time.Hour, time.Hour
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -1160,8 +1510,17 @@ func TestDefaultRetryBudget(t *testing.T) {
 }
 
 func TestMissingDataFile(t *testing.T) {
-	_, err := New(testConfig("127.0.0.1:1", "/nonexistent/agency.csv"), logs.New(&bytes.Buffer{}, logs.Info))
+	cfg := testConfig(credentials(t), "127.0.0.1:1", "/nonexistent/agency.csv")
+	_, err := New(cfg, clientTLS(t, cfg), logs.New(&bytes.Buffer{}, logs.Info))
 	if err == nil || !strings.HasPrefix(err.Error(), "data.path: ") {
 		t.Fatalf("New error %v", err)
+	}
+}
+
+// TestNoPlaintext checks an agency cannot be made without a TLS configuration.
+func TestNoPlaintext(t *testing.T) {
+	path, _ := csvFile(t, 1)
+	if _, err := New(testConfig(credentials(t), "127.0.0.1:1", path), nil, logs.New(&bytes.Buffer{}, logs.Info)); err == nil {
+		t.Fatal("New without a TLS configuration succeeded")
 	}
 }

@@ -38,10 +38,19 @@ type Config struct {
 	RetryMaxBackoff     time.Duration
 	IOTimeout           time.Duration
 	WinnersTimeout      time.Duration
+
+	// The agency's mutual TLS credentials (PEM file paths) and the name the central's
+	// certificate must hold. Only the paths are checked here; internal/transport reads and
+	// verifies the files.
+	TLSCA         string
+	TLSCert       string
+	TLSKey        string
+	TLSServerName string
 }
 
 // key describes one configuration key: its dotted YAML path, its environment variable and its
-// default ("" means required).
+// default ("" means required, except for tls.serverName, whose default is the host of
+// server.address).
 type key struct {
 	name string
 	env  string
@@ -62,6 +71,10 @@ var keys = []key{
 	{"retry.maxBackoff", "CLI_RETRY_MAXBACKOFF", "5s"},
 	{"io.timeout", "CLI_IO_TIMEOUT", "10s"},
 	{"winners.timeout", "CLI_WINNERS_TIMEOUT", "10m"},
+	{"tls.ca", "CLI_TLS_CA", "/run/secrets/ca.pem"},
+	{"tls.cert", "CLI_TLS_CERT", "/run/secrets/agency.pem"},
+	{"tls.key", "CLI_TLS_KEY", "/run/secrets/agency-key.pem"},
+	{"tls.serverName", "CLI_TLS_SERVERNAME", ""},
 }
 
 // file mirrors the YAML layout; every leaf is read as a string and parsed here, so a bad value
@@ -92,6 +105,12 @@ type file struct {
 	Winners struct {
 		Timeout *string `yaml:"timeout"`
 	} `yaml:"winners"`
+	TLS struct {
+		CA         *string `yaml:"ca"`
+		Cert       *string `yaml:"cert"`
+		Key        *string `yaml:"key"`
+		ServerName *string `yaml:"serverName"`
+	} `yaml:"tls"`
 }
 
 func (f *file) values() map[string]*string {
@@ -107,6 +126,10 @@ func (f *file) values() map[string]*string {
 		"retry.maxBackoff":     f.Retry.MaxBackoff,
 		"io.timeout":           f.IO.Timeout,
 		"winners.timeout":      f.Winners.Timeout,
+		"tls.ca":               f.TLS.CA,
+		"tls.cert":             f.TLS.Cert,
+		"tls.key":              f.TLS.Key,
+		"tls.serverName":       f.TLS.ServerName,
 	}
 }
 
@@ -203,6 +226,22 @@ func parse(v map[string]string) (Config, error) {
 	}
 	if c.WinnersTimeout, err = positiveDuration(v, "winners.timeout"); err != nil {
 		return c, err
+	}
+	for _, p := range []struct {
+		name string
+		dst  *string
+	}{{"tls.ca", &c.TLSCA}, {"tls.cert", &c.TLSCert}, {"tls.key", &c.TLSKey}} {
+		if *p.dst = v[p.name]; *p.dst == "" {
+			return c, fmt.Errorf("%s: must not be empty", p.name)
+		}
+	}
+	// The central's certificate is checked for the name the agency dials unless told otherwise
+	// (e.g. an address that is an IP or an alias the certificate does not hold).
+	if c.TLSServerName = v["tls.serverName"]; c.TLSServerName == "" {
+		c.TLSServerName = host
+	}
+	if strings.ContainsAny(c.TLSServerName, " /:") && net.ParseIP(c.TLSServerName) == nil {
+		return c, fmt.Errorf("tls.serverName: %q is not a DNS name or an IP address", c.TLSServerName)
 	}
 	return c, nil
 }

@@ -38,6 +38,8 @@ func TestDefaults(t *testing.T) {
 		BatchWindow: 16, DataPath: "/data/agency.csv", RetryAttempts: 30,
 		RetryInitialBackoff: 100 * time.Millisecond, RetryMaxBackoff: 5 * time.Second,
 		IOTimeout: 10 * time.Second, WinnersTimeout: 10 * time.Minute,
+		TLSCA: "/run/secrets/ca.pem", TLSCert: "/run/secrets/agency.pem",
+		TLSKey: "/run/secrets/agency-key.pem", TLSServerName: "server",
 	}
 	if c != want {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
@@ -111,6 +113,10 @@ func TestEnvOverrides(t *testing.T) {
 		"CLI_RETRY_MAXBACKOFF":     "2ms",
 		"CLI_IO_TIMEOUT":           "3s",
 		"CLI_WINNERS_TIMEOUT":      "1h",
+		"CLI_TLS_CA":               "/s/ca.pem",
+		"CLI_TLS_CERT":             "/s/agency-4.pem",
+		"CLI_TLS_KEY":              "/s/agency-4-key.pem",
+		"CLI_TLS_SERVERNAME":       "central.example",
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +126,8 @@ func TestEnvOverrides(t *testing.T) {
 		BatchWindow: 2, DataPath: "/tmp/x.csv", RetryAttempts: 3,
 		RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 2 * time.Millisecond,
 		IOTimeout: 3 * time.Second, WinnersTimeout: time.Hour,
+		TLSCA: "/s/ca.pem", TLSCert: "/s/agency-4.pem", TLSKey: "/s/agency-4-key.pem",
+		TLSServerName: "central.example",
 	}
 	if c != want {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
@@ -136,13 +144,15 @@ data: {path: bets.csv}
 retry: {attempts: 1, initialBackoff: 10ms, maxBackoff: 10ms}
 io: {timeout: 1s}
 winners: {timeout: 30s}
+tls: {ca: c.pem, cert: a.pem, key: k.pem, serverName: 10.0.0.1}
 `)
 	c, err := Load(p, env(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.ID != 2 || c.ServerAddress != "central:5000" || c.LogLevel != logs.Warning || c.BatchMaxAmount != 10 ||
-		c.BatchWindow != 1 || c.DataPath != "bets.csv" || c.RetryAttempts != 1 || c.WinnersTimeout != 30*time.Second {
+		c.BatchWindow != 1 || c.DataPath != "bets.csv" || c.RetryAttempts != 1 || c.WinnersTimeout != 30*time.Second ||
+		c.TLSCA != "c.pem" || c.TLSCert != "a.pem" || c.TLSKey != "k.pem" || c.TLSServerName != "10.0.0.1" {
 		t.Fatalf("got %+v", c)
 	}
 }
@@ -175,6 +185,8 @@ func TestBadValuesNameTheKey(t *testing.T) {
 		{"CLI_RETRY_MAXBACKOFF", "10ms", "retry.maxBackoff"}, // below initialBackoff 100ms
 		{"CLI_IO_TIMEOUT", "0s", "io.timeout"},
 		{"CLI_WINNERS_TIMEOUT", "x", "winners.timeout"},
+		{"CLI_TLS_SERVERNAME", "server:12345", "tls.serverName"},
+		{"CLI_TLS_SERVERNAME", "a b", "tls.serverName"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env+"="+tt.val, func(t *testing.T) {
@@ -189,6 +201,12 @@ func TestBadValuesNameTheKey(t *testing.T) {
 	}
 	if _, err := Load(writeFile(t, "id: 1\ndata:\n  path: ''\n"), env(nil)); err == nil || !strings.HasPrefix(err.Error(), "data.path: ") {
 		t.Fatalf("empty data.path: %v", err)
+	}
+	for _, key := range []string{"ca", "cert", "key"} {
+		body := "id: 1\ntls:\n  " + key + ": ''\n"
+		if _, err := Load(writeFile(t, body), env(nil)); err == nil || !strings.HasPrefix(err.Error(), "tls."+key+": ") {
+			t.Errorf("empty tls.%s: %v", key, err)
+		}
 	}
 }
 
@@ -215,6 +233,31 @@ func TestRangeLimitsAccepted(t *testing.T) {
 				t.Fatalf("got %s", got)
 			}
 		})
+	}
+}
+
+// TestServerNameDefaultsToTheHost checks the central's certificate is checked for the host the
+// agency dials unless tls.serverName says otherwise.
+func TestServerNameDefaultsToTheHost(t *testing.T) {
+	tests := []struct {
+		address, serverName, want string
+	}{
+		{"server:12345", "", "server"},
+		{"127.0.0.1:5000", "", "127.0.0.1"},
+		{"[::1]:5000", "", "::1"},
+		{"127.0.0.1:5000", "localhost", "localhost"},
+		{"10.1.2.3:5000", "central.lottery", "central.lottery"},
+	}
+	for _, tt := range tests {
+		c, err := Load("/dev/null", env(map[string]string{
+			"CLI_ID": "1", "CLI_SERVER_ADDRESS": tt.address, "CLI_TLS_SERVERNAME": tt.serverName,
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.TLSServerName != tt.want {
+			t.Errorf("address %s, serverName %q: got %q, want %q", tt.address, tt.serverName, c.TLSServerName, tt.want)
+		}
 	}
 }
 

@@ -82,6 +82,7 @@ const (
 	CodeInternalError      ErrorCode = 12
 	CodeRoundClosed        ErrorCode = 13 // the draw has already happened: a new batch or FIN is refused
 	CodeBetsMismatch       ErrorCode = 14 // the request does not continue the agency's stored bets (chain)
+	CodeAgencyMismatch     ErrorCode = 15 // the message names an agency other than the one its connection's certificate proves
 )
 
 var codeNames = map[ErrorCode]string{
@@ -99,6 +100,7 @@ var codeNames = map[ErrorCode]string{
 	CodeInternalError:      "INTERNAL_ERROR",
 	CodeRoundClosed:        "ROUND_CLOSED",
 	CodeBetsMismatch:       "BETS_MISMATCH",
+	CodeAgencyMismatch:     "AGENCY_MISMATCH",
 }
 
 // String returns the protocol name of the code, e.g. "DUPLICATE_FIN".

@@ -502,7 +502,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"winners bad utf8", append(AppendHeader(nil, TypeWinners, 9), 0, 0, 0, 1, 1, 0, 1, 0xff, '\n'), ErrMalformed},
 		{"error unknown code", append(AppendHeader(nil, TypeError, 6), 0, 99, 0, 0, 0, 0), ErrMalformed},
 		{"error code 0", append(AppendHeader(nil, TypeError, 6), 0, 0, 0, 0, 0, 0), ErrMalformed},
-		{"error code 15", append(AppendHeader(nil, TypeError, 6), 0, 15, 0, 0, 0, 0), ErrMalformed},
+		{"error code 15", append(AppendHeader(nil, TypeError, 6), 0, 15, 0, 0, 0, 0), nil},
+		{"error code 16", append(AppendHeader(nil, TypeError, 6), 0, 16, 0, 0, 0, 0), ErrMalformed},
 		{"error short", append(AppendHeader(nil, TypeError, 5), 0, 5, 0, 0, 0), ErrMalformed},
 		{"error reason too long", append(append(AppendHeader(nil, TypeError, 6+256), 0, 5, 0, 0, 0, 0), bytes.Repeat([]byte("a"), 256)...), ErrMalformed},
 		{"type zero", AppendHeader(nil, 0, 0), ErrUnknownType},
@@ -523,7 +524,7 @@ func TestErrorCodes(t *testing.T) {
 	names := []string{
 		"UNSUPPORTED_VERSION", "UNKNOWN_TYPE", "FRAME_TOO_LARGE", "MALFORMED", "INVALID_BET",
 		"UNKNOWN_AGENCY", "SEQUENCE_GAP", "AGENCY_FINISHED", "DUPLICATE_FIN", "IDLE_TIMEOUT",
-		"SHUTTING_DOWN", "INTERNAL_ERROR", "ROUND_CLOSED", "BETS_MISMATCH",
+		"SHUTTING_DOWN", "INTERNAL_ERROR", "ROUND_CLOSED", "BETS_MISMATCH", "AGENCY_MISMATCH",
 	}
 	for i, name := range names {
 		c := ErrorCode(i + 1)

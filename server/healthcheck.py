@@ -1,0 +1,83 @@
+"""Health check of the central, run by Docker inside the server container (the compose file's
+`healthcheck`): one ECHO to the plaintext health port, standard library only.
+
+    python3 /app/healthcheck.py [PORT] [HOST]
+
+Sends one version 2 ECHO frame (docs/protocol.md: 02 01 <u32 length> <payload>, a random
+payload) to HOST:PORT and exits 0 if the exact same bytes come back within 2 seconds, else 1
+with one line on stderr saying why (Docker keeps it in `docker inspect`'s health log). HOST
+defaults to 127.0.0.1; PORT to the server's own HEALTH_PORT setting: the environment variable,
+else the configuration file the server reads (SERVER_CONFIG, else config.ini beside this
+script), else 12346.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_PORT = 12346
+DEADLINE = 2.0  # seconds for the whole check: connect, send, the whole answer
+VERSION, ECHO = 2, 1
+
+
+def configured_port() -> int:
+    raw = os.environ.get("HEALTH_PORT")
+    if raw is None:
+        path = Path(os.environ.get("SERVER_CONFIG", Path(__file__).resolve().parent / "config.ini"))
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment, method-assign]  # keys are upper case
+        try:
+            parser.read(path, encoding="utf-8")
+        except (OSError, configparser.Error, UnicodeDecodeError):
+            pass  # the server itself reports a bad file
+        raw = parser.defaults().get("HEALTH_PORT", str(DEFAULT_PORT))
+    return int(raw.strip())
+
+
+def check(host: str, port: int) -> str | None:
+    """None when the central echoed the frame exactly, else what went wrong."""
+    payload = b"health-" + os.urandom(8).hex().encode()
+    frame = bytes([VERSION, ECHO]) + len(payload).to_bytes(4, "big") + payload
+    deadline = time.monotonic() + DEADLINE
+    try:
+        with socket.create_connection((host, port), timeout=DEADLINE) as sock:
+            sock.sendall(frame)
+            answer = b""
+            while len(answer) < len(frame):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return f"{len(answer)} of {len(frame)} bytes of the echo within {DEADLINE:g} s"
+                sock.settimeout(left)
+                chunk = sock.recv(len(frame) - len(answer))
+                if not chunk:
+                    return f"closed after {len(answer)} of {len(frame)} bytes"
+                answer += chunk
+    except OSError as err:  # refused, timed out, reset
+        return f"{host}:{port}: {err.strerror or err}"
+    if answer != frame:
+        return f"answer {answer.hex()} is not the frame sent, {frame.hex()}"
+    return None
+
+
+def main(argv: list[str]) -> int:
+    try:
+        port = int(argv[1]) if len(argv) > 1 else configured_port()
+    except ValueError as err:
+        print(f"healthcheck: bad port: {err}", file=sys.stderr)
+        return 1
+    host = argv[2] if len(argv) > 2 else "127.0.0.1"
+    problem = check(host, port)
+    if problem:
+        print(f"healthcheck: fail: {problem}", file=sys.stderr)
+        return 1
+    print(f"healthcheck: ECHO answered on {host}:{port}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
