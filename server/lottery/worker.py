@@ -58,6 +58,7 @@ EXIT_SYNC_FAILED = 3  # the storage failed (fsync error or damage): the central 
 
 CLIENT_TYPES = frozenset({MsgType.ECHO, MsgType.HELLO, MsgType.BET, MsgType.FIN, MsgType.WINNERS_QUERY})
 RECV_SIZE = 65536
+READ_PER_TURN = 256 * 1024  # what one connection may bring into one loop turn
 MAX_OUTBUF = 256 * 1024  # stop reading from a peer that does not read its answers
 MAX_HELD_INBUF = 4 * protocol.MAX_FRAME  # what a held winners query may buffer behind it
 CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last answer
@@ -444,33 +445,44 @@ class Worker:
             self._read(conn)
 
     def _read(self, conn: Connection) -> None:
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-            return
-        except ssl.SSLWantWriteError:  # TLS must send something (a key update) first
-            conn.read_wants_write = True
+        """Read what the connection has, up to READ_PER_TURN bytes, and handle its frames.
+
+        A TLS socket yields one record (at most 16 kB) per recv, so it is read until it has
+        nothing more: the batches a pipelining agency sent together then reach this turn's
+        group commit together, as on a plain socket. Bytes `ssl` still holds past the bound
+        are read next turn (`ready`): the selector does not report them."""
+        budget = READ_PER_TURN
+        while budget > 0:
+            try:
+                data = conn.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                return
+            except ssl.SSLWantWriteError:  # TLS must send something (a key update) first
+                conn.read_wants_write = True
+                self._update_events(conn)
+                return
+            except OSError as err:  # ssl.SSLError included: a forged or corrupt record
+                self._close(conn, f"receive error: {getattr(err, 'strerror', None) or err}")
+                return
+            if not data:
+                if conn.inbuf and conn.closing_since is None:
+                    log.warning(
+                        "action: receive_message | result: fail | peer: %s | reason: truncated frame (%d bytes)",
+                        conn.peer,
+                        len(conn.inbuf),
+                    )
+                self._close(conn, "peer closed")
+                return
+            budget -= len(data)
+            conn.last_active = time.monotonic()
+            if conn.closing_since is not None:
+                return  # we are leaving; what it sends now is ignored
+            conn.inbuf += data
+            self._process(conn)
             self._update_events(conn)
-            return
-        except OSError as err:  # ssl.SSLError included: a forged or corrupt record
-            self._close(conn, f"receive error: {getattr(err, 'strerror', None) or err}")
-            return
-        if not data:
-            if conn.inbuf and conn.closing_since is None:
-                log.warning(
-                    "action: receive_message | result: fail | peer: %s | reason: truncated frame (%d bytes)",
-                    conn.peer,
-                    len(conn.inbuf),
-                )
-            self._close(conn, "peer closed")
-            return
-        conn.last_active = time.monotonic()
-        if conn.closing_since is not None:
-            return  # we are leaving; what it sends now is ignored
-        conn.inbuf += data
-        self._process(conn)
-        self._update_events(conn)
-        if self._reading(conn) and isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+            if not conn.open or not self._reading(conn) or not isinstance(conn.sock, ssl.SSLSocket):
+                return  # a plain socket: the selector reports what is left
+        if conn.open and self._reading(conn) and conn.sock.pending():
             self.ready.add(conn)  # decrypted bytes the selector will not report
 
     def _process(self, conn: Connection) -> None:
