@@ -8,6 +8,7 @@ server's non-blocking handlers use `parse_header` on their own buffers.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import struct
 import zlib
@@ -117,8 +118,9 @@ class Bet:
     def last(self) -> int:
         return self.first + self.count - 1
 
-    @property
+    @functools.cached_property
     def chain_after(self) -> int:
+        """The agency's chain after this batch (computed once: the storage needs it twice)."""
         return chain(self.bets, self.chain)
 
 
@@ -285,7 +287,7 @@ def validate_bets(bets: bytes, count: int) -> None:
         valid = (
             b'"' not in bets
             and _PLAIN_LINES_RE.fullmatch(bets) is not None
-            and _C1_RE.search(bets) is None
+            and (b"\xc2" not in bets or _C1_RE.search(bets) is None)  # memchr first: C1 is rare
             and (
                 b"-02-29," not in bets  # a plain substring search spares the regex almost always
                 or all(_is_leap(int(m.group(1))) for m in _FEB29_RE.finditer(bets))
