@@ -49,27 +49,51 @@ func Chain(prev uint32, lines []byte) uint32 {
 // AppendBetLine appends to dst the canonical line of a bet, '\n' included, from its field
 // values (first name, last name, document, birthdate, number): a name is quoted, its '"'
 // doubled, exactly when it holds a ',' or a '"', so every bet has one encoding (and one
-// chain). The line is then checked by ParseBetLine, the rules the central applies: reason is
-// "" when the values make a valid bet, else the rule they break (see the Reason constants) and
-// dst is returned unchanged.
+// chain). The values are checked first with the rules the central applies to the line
+// (ParseBetLine): reason is "" when they make a valid bet, else the rule they break (see the
+// Reason constants) and dst is returned unchanged.
 func AppendBetLine(dst []byte, fields []string) (line []byte, reason string) {
-	start := len(dst)
+	if reason := valuesError(fields); reason != "" {
+		return dst, reason
+	}
 	for i, v := range fields {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		// Any field holding a ',' or a '"' is quoted, so that it stays one field and the
-		// reason names it: a quoted document, date or number is invalid.
 		if needsQuotes(v) {
 			dst = appendQuoted(dst, v)
 		} else {
 			dst = append(dst, v...)
 		}
 	}
-	if _, reason := ParseBetLine(dst[start:]); reason != "" {
-		return dst[:start], reason
-	}
 	return append(dst, '\n'), ""
+}
+
+// valuesError is fieldError for field values before they are encoded: the same rules, in the
+// same order, UTF-8 first. (A document, date or number holding ',' or '"' would be written
+// quoted, and fails its digit or date rule here just as it fails "never quoted" on the wire.)
+func valuesError(fields []string) string {
+	for _, v := range fields {
+		if !utf8.ValidString(v) {
+			return ReasonUTF8
+		}
+	}
+	if len(fields) != fieldCount {
+		return ReasonFields
+	}
+	switch {
+	case !validName(fields[0]):
+		return ReasonFirstName
+	case !validName(fields[1]):
+		return ReasonLastName
+	case !validDigits(fields[2]):
+		return ReasonDocument
+	case !validDate(fields[3]):
+		return ReasonBirthdate
+	case !validDigits(fields[4]):
+		return ReasonNumber
+	}
+	return ""
 }
 
 func appendQuoted(dst []byte, v string) []byte {
@@ -202,7 +226,7 @@ func needsQuotes[T string | []byte](v T) bool {
 // (unicode.IsControl: U+0000 to U+001F, U+007F to U+009F). The C1 controls U+0080 to U+009F
 // are 0xC2 0x80 to 0xC2 0x9F in UTF-8, and 0xC2 is only ever a lead byte, so a byte scan
 // finds them all.
-func validName(v []byte) bool {
+func validName[T string | []byte](v T) bool {
 	if len(v) < 1 || len(v) > MaxNameBytes {
 		return false
 	}
@@ -216,7 +240,7 @@ func validName(v []byte) bool {
 }
 
 // validDigits: 1 to 10 ASCII digits.
-func validDigits(v []byte) bool {
+func validDigits[T string | []byte](v T) bool {
 	if len(v) < 1 || len(v) > MaxDigits {
 		return false
 	}
@@ -229,7 +253,7 @@ func validDigits(v []byte) bool {
 }
 
 // number is the value of the ASCII digits v[i:j], or -1 if one is not a digit.
-func number(v []byte, i, j int) int {
+func number[T string | []byte](v T, i, j int) int {
 	n := 0
 	for ; i < j; i++ {
 		if v[i] < '0' || v[i] > '9' {
@@ -241,7 +265,7 @@ func number(v []byte, i, j int) int {
 }
 
 // validDate: YYYY-MM-DD, a real calendar date with year 0001 to 9999.
-func validDate(v []byte) bool {
+func validDate[T string | []byte](v T) bool {
 	if len(v) != 10 || v[4] != '-' || v[7] != '-' {
 		return false
 	}

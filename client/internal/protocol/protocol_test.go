@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -649,6 +650,44 @@ func BenchmarkAppendBetLine(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if _, reason := AppendBetLine(buf, fields); reason != "" {
 			b.Fatal("invalid")
+		}
+	}
+}
+
+// TestAppendBetLineAgreesWithTheWireRules checks, on random field values, that AppendBetLine
+// (which checks the values before encoding them) gives exactly the reason ParseBetLine gives
+// for the canonical encoding of the same values.
+func TestAppendBetLineAgreesWithTheWireRules(t *testing.T) {
+	pieces := []string{"", "a", "Ñ", ",", "\"", ";", "'", " ", "\t", "\x7f", "\u0085", "\u2028", "\xff", "0", "9",
+		"-", "1990-01-01", "2001-02-29", "2000-02-29", "12345678901", "x", strings.Repeat("b", 99)}
+	rng := rand.New(rand.NewPCG(7574, 1))
+	for i := 0; i < 200000; i++ {
+		fields := make([]string, 4+rng.IntN(3))
+		for j := range fields {
+			var b strings.Builder
+			for k := rng.IntN(4); k >= 0; k-- {
+				b.WriteString(pieces[rng.IntN(len(pieces))])
+			}
+			fields[j] = b.String()
+		}
+		var encoded []byte
+		for j, v := range fields {
+			if j > 0 {
+				encoded = append(encoded, ',')
+			}
+			if strings.ContainsAny(v, ",\"") {
+				encoded = appendQuoted(encoded, v)
+			} else {
+				encoded = append(encoded, v...)
+			}
+		}
+		_, want := ParseBetLine(encoded)
+		line, got := AppendBetLine(nil, fields)
+		if got != want {
+			t.Fatalf("%q: AppendBetLine says %q, the wire rules %q", fields, got, want)
+		}
+		if got == "" && string(line) != string(encoded)+"\n" {
+			t.Fatalf("%q: line %q, want %q", fields, line, encoded)
 		}
 	}
 }
