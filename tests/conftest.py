@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER_DIR = ROOT / "server"
 CLIENT_DIR = ROOT / "client"
 sys.path.insert(0, str(SERVER_DIR))
+sys.path.insert(0, str(ROOT / "tools"))
 
 from lottery import protocol  # noqa: E402
+from processes import children as worker_pids, free_port  # noqa: E402,F401  (shared with tools/)
 
 DATA = ROOT / ".data"
 # Winners per agency of the default data set in .data/ (the README states the same figures).
@@ -77,16 +79,6 @@ def credentials() -> Iterator[Path]:
     issue_credentials(CREDENTIALS, TEST_AGENCIES)
     yield CREDENTIALS
     shutil.rmtree(CREDENTIALS, ignore_errors=True)
-
-
-def free_port(*taken: int) -> int:
-    """A port nobody listens on now, other than `taken` (a port just released may come back)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in taken:
-            return port
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
@@ -163,19 +155,6 @@ class ServerProcess:
             os.kill(pid, signal.SIGKILL)
         self.proc.kill()
         self.proc.wait(timeout=10)
-
-
-def worker_pids(parent: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent:
-                pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture

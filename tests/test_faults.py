@@ -20,6 +20,7 @@ import pytest
 from conftest import (DATA, DEFAULT_WINNERS, AgencyBets, Peer, batch, bet, csv_rows, health_echo, row,
                       run_server_foreground, stored_documents, worker_pids)
 from lottery import protocol
+from processes import peak_rss_kib
 from lottery.protocol import ErrorCode
 
 
@@ -40,16 +41,6 @@ def rows(storage: Path) -> list[list[str]]:
 def run_server(storage: Path, timeout: float = 20, **env: object) -> subprocess.CompletedProcess[str]:
     """The server in the foreground, for starts that must fail (with the test credentials)."""
     return run_server_foreground(storage, timeout, **env)
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for {pid}")
-
-
-# --- one central per storage ----------------------------------------------------------------
 
 
 def test_a_second_central_on_the_same_storage_refuses_and_touches_nothing(start_server, launch, tmp_path) -> None:
@@ -281,7 +272,7 @@ def test_a_restart_over_many_small_batches_is_bounded(start_server, tmp_path) ->
     started = time.monotonic()
     server = start_server(agencies=agencies, storage=storage)
     assert time.monotonic() - started < 5  # measured in the benchmark; loose here
-    memory = [peak_rss_mib(pid) for pid in [server.proc.pid, *worker_pids(server.proc.pid)]]
+    memory = [peak_rss_kib(pid) / 1024 for pid in [server.proc.pid, *worker_pids(server.proc.pid)]]
     assert max(memory) < 64, memory
     peer = Peer(server.port, agency=2)
     peer.send(protocol.Hello(2))

@@ -39,31 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def children(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == parent:
-                found.append(int(entry.name))
-    return found
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+from processes import children, free_port, peak_rss_kib  # noqa: E402  (tools/ is on sys.path when run)
 
 
 def wait_all(procs: list[subprocess.Popen], timeout: float) -> float:
@@ -165,7 +141,7 @@ def server_env(args, storage: Path, port: int) -> dict[str, str]:
     secrets = storage.parent / "secrets"
     return {**os.environ, "SERVER_PORT": str(port), "SERVER_IP": "127.0.0.1", "STORAGE_DIR": str(storage),
             "AGENCIES": str(args.agencies), "WORKERS": str(args.workers), "LOGGING_LEVEL": "INFO",
-            "WORKER_CONNECTIONS": str(max(256, args.agencies)), "HEALTH_PORT": str(free_port()),
+            "WORKER_CONNECTIONS": str(max(256, args.agencies)), "HEALTH_PORT": str(free_port(port)),
             "TLS_CA": str(secrets / "ca.pem"), "TLS_CERT": str(secrets / "server.pem"),
             "TLS_KEY": str(secrets / "server-key.pem")}
 

@@ -85,6 +85,7 @@ sys.path.insert(0, str(SERVER_DIR))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import gen_data  # noqa: E402  (tools/ is not a package)
+from processes import children, free_port  # noqa: E402
 from lottery import protocol  # noqa: E402
 
 FAULTS: tuple[str, ...] = ("central_kill", "agency_kill", "network_cut", "disk_full", "central_restart")
@@ -169,26 +170,6 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
         if time.monotonic() >= deadline:
             raise RunProblem(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def children(parent: int) -> list[int]:
-    """Pids whose parent is `parent`, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(stat[1]) == parent:
-                found.append(int(entry.name))
-    return found
 
 
 def process_gone(pid: int) -> bool:
@@ -560,7 +541,7 @@ class ProcessSystem:
         self.data = {agency.agency: agency for agency in data}
         self.rng = rng
         port = free_port()
-        health_port = next(p for p in iter(free_port, None) if p != port)
+        health_port = free_port(port)
         self.central = Central(port, health_port, storage, run_dir / "central.log", len(data), credentials_dir(binary))
         self.window = {agency.agency: rng.randint(2, 4) for agency in data}
         self.agencies: dict[int, AgencyProcess] = {}
