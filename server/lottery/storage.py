@@ -144,13 +144,19 @@ class Verdict:
     state: AgencyState
 
 
-# kind -> (number of values, indexes of the values written in hexadecimal)
-_LAYOUT = {
-    b"checkpoint": (3, ()),
-    b"agency": (4, (2,)),
-    b"fin": (3, (2,)),
-    b"batch": (6, (4, 5)),
+# kind -> the base each value is written in: decimal, or hexadecimal for CRCs and chains
+_BASES = {
+    "checkpoint": (10, 10, 10),
+    "agency": (10, 10, 16, 10),
+    "fin": (10, 10, 16),
+    "batch": (10, 10, 10, 10, 16, 16),
 }
+# kind -> the line's format; hexadecimal values are 8 digits
+_FORMATS = {
+    kind: kind.encode() + b"".join(b" %08x" if base == 16 else b" %d" for base in bases) + b"\n"
+    for kind, bases in _BASES.items()
+}
+_KINDS = {kind.encode(): kind for kind in _BASES}
 
 
 @dataclass(frozen=True)
@@ -161,28 +167,26 @@ class JournalRecord:
     values: tuple[int, ...]
 
     def encode(self) -> bytes:
-        hexadecimal = _LAYOUT[self.kind.encode()][1]
-        fields = [b"%08x" % v if i in hexadecimal else b"%d" % v for i, v in enumerate(self.values)]
-        return self.kind.encode() + b" " + b" ".join(fields) + b"\n"
+        return _FORMATS[self.kind] % self.values
 
     @classmethod
     def parse(cls, line: bytes) -> "JournalRecord":
         """The record in one line (without its newline); StorageError if it is not one."""
         kind, *fields = line.split(b" ")
-        layout = _LAYOUT.get(kind)
-        if layout is not None and layout[0] == len(fields):
+        name = _KINDS.get(kind)
+        if name is not None and len(_BASES[name]) == len(fields):
             try:
-                values = [int(f, 16 if i in layout[1] else 10) for i, f in enumerate(fields)]
+                values = tuple(map(int, fields, _BASES[name]))
             except ValueError:
                 pass
             else:
-                if all(v >= 0 for v in values):
-                    return cls(kind.decode(), tuple(values))
+                if min(values) >= 0:
+                    return cls(name, values)
         raise StorageError(f"corrupt journal line {line[:80]!r}")
 
 
-def batch_record(bet: Bet, end: int, crc: int) -> JournalRecord:
-    return JournalRecord("batch", (bet.agency, bet.first, bet.count, end, crc, bet.chain_after))
+def batch_record(bet: Bet, end: int, crc: int, chain_after: int) -> JournalRecord:
+    return JournalRecord("batch", (bet.agency, bet.first, bet.count, end, crc, chain_after))
 
 
 def fin_record(agency: int, bets: int, chain: int) -> JournalRecord:
@@ -441,7 +445,9 @@ class Storage:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.view = JournalView()
-        self._journal_path = directory / JOURNAL_FILE
+        # Paths as str: they are stat'ed on every append, and a Path is converted on each use.
+        self._journal_path = str(directory / JOURNAL_FILE)
+        self._winners_path = str(directory / WINNERS_FILE)
         self._drawn = False
         self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR)
         self._bets_fd = os.open(directory / BETS_FILE, os.O_RDWR | os.O_APPEND)
@@ -503,7 +509,7 @@ class Storage:
     def drawn(self) -> bool:
         """Whether the round's draw has happened (winners.csv exists); once true, always true."""
         if not self._drawn:
-            self._drawn = (self.directory / WINNERS_FILE).exists()
+            self._drawn = os.path.exists(self._winners_path)
         return self._drawn
 
     def sync(self) -> None:
@@ -511,9 +517,11 @@ class Storage:
         _sync(self._bets_fd, BETS_FILE)
         _sync(self._journal_fd, JOURNAL_FILE)
 
-    def _append(self, bets: bytes, journal: bytes) -> None:
+    def _append(self, bets: bytes, records: list[JournalRecord]) -> None:
         """Append under the lock, whole or not at all: a failed write is cut back before the
         lock is released, and raises WriteFailed."""
+        lines = [record.encode() for record in records]
+        journal = b"".join(lines)
         try:
             if bets:
                 _write_all(self._bets_fd, bets)
@@ -525,7 +533,8 @@ class Storage:
             except OSError as undo:  # the files are in an unknown state: stop
                 raise StorageError(f"cannot undo a failed append: {undo.strerror or undo}") from err
             raise WriteFailed(f"append: {err.strerror or err}") from err
-        self.view.fold(journal)
+        for record, line in zip(records, lines):  # folded as written, without parsing it back
+            self.view.apply(record, len(line))
 
     def store_batches(self, batches: list[Bet]) -> list[Verdict]:
         """Store what is new among `batches` (in order), then sync; one verdict per batch.
@@ -538,28 +547,32 @@ class Storage:
             view = self.view
             pending: dict[int, AgencyState] = {}  # agencies stored by this call, not yet folded
             bets_chunks: list[bytes] = []
-            journal_lines: list[bytes] = []
+            records: list[JournalRecord] = []
             end = view.bets_end
+            # One look per call: the draw needs every agency's FIN, after which no batch can be
+            # stored anyway; whether it has happened only picks a late batch's refusal.
+            drawn = self.drawn()
             for bet in batches:
                 state = pending.get(bet.agency) or view.state(bet.agency)
-                outcome = self._decide(bet, state)
+                after = bet.chain_after
+                outcome = self._decide(bet, after, state, drawn)
                 verdicts.append(Verdict(outcome, state))
                 if outcome is Outcome.STORED:
                     data = csv_lines(bet.agency, bet.bets)
                     end += len(data)
                     bets_chunks.append(data)
-                    journal_lines.append(batch_record(bet, end, zlib.crc32(data)).encode())
-                    pending[bet.agency] = AgencyState(bet.last, bet.chain_after, bet.first)
+                    records.append(batch_record(bet, end, zlib.crc32(data), after))
+                    pending[bet.agency] = AgencyState(bet.last, after, bet.first)
             if bets_chunks:
-                self._append(b"".join(bets_chunks), b"".join(journal_lines))
+                self._append(b"".join(bets_chunks), records)
         self.sync()  # outside the lock: one sync covers every process's appends so far
         return verdicts
 
-    def _decide(self, bet: Bet, state: AgencyState) -> Outcome:
+    def _decide(self, bet: Bet, chain_after: int, state: AgencyState, drawn: bool) -> Outcome:
         if bet.first <= state.stored:  # positions already stored: only an exact resend passes
-            exact = bet.first == state.last_first and bet.last == state.stored and bet.chain_after == state.chain
+            exact = bet.first == state.last_first and bet.last == state.stored and chain_after == state.chain
             return Outcome.DUPLICATE if exact else Outcome.MISMATCH
-        if self.drawn():
+        if drawn:
             return Outcome.ROUND_CLOSED
         if bet.agency in self.view.fins:
             return Outcome.FINISHED
@@ -586,7 +599,7 @@ class Storage:
             elif state.chain != chain:
                 outcome = FinOutcome.MISMATCH
             else:
-                self._append(b"", fin_record(agency, bets, chain).encode())
+                self._append(b"", [fin_record(agency, bets, chain)])
                 outcome = FinOutcome.RECORDED
         self.sync()
         return outcome, state
@@ -607,7 +620,7 @@ class Storage:
             before = self.view.offset
             _sync(self._bets_fd, BETS_FILE)
             data = self.view.checkpoint()
-            write_file_atomically(self._journal_path, data)
+            write_file_atomically(self.directory / JOURNAL_FILE, data)
             os.close(self._journal_fd)
             self._journal_fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
             self.view.offset = len(data)
