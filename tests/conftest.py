@@ -28,7 +28,7 @@ sys.path.insert(0, str(SERVER_DIR))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from lottery import protocol  # noqa: E402
-from processes import children as worker_pids, free_port  # noqa: E402,F401  (shared with tools/)
+from processes import children as worker_pids, free_port, kill_and_wait  # noqa: E402,F401  (shared with tools/)
 
 DATA = ROOT / ".data"
 # Winners per agency of the default data set in .data/ (the README states the same figures).
@@ -149,11 +149,11 @@ class ServerProcess:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
-        """SIGKILL the supervisor and its workers, as a crash would."""
+        """SIGKILL the supervisor and its workers, as a crash would, and return once every one
+        has exited: an exiting worker releases the instance lock, which a restart takes at once."""
         assert self.proc is not None
-        for pid in worker_pids(self.proc.pid):
-            os.kill(pid, signal.SIGKILL)
-        self.proc.kill()
+        # The supervisor first, so that it forks no replacement for a killed worker.
+        kill_and_wait([self.proc.pid, *worker_pids(self.proc.pid)], 10)
         self.proc.wait(timeout=10)
 
 

@@ -11,8 +11,10 @@ production), launches every agency at once and waits for all of them. It checks 
 (every agency exits 0 and reports the winners its file holds, every bet is stored once), then
 prints: bets, agencies, wall seconds from the launch of the first agency to the exit of the
 last one (so it includes every connection, batch, fsync, the draw and every winners reply),
-bets per second, and the server's peak memory: the sum of the peak resident set (VmHWM) of the
-supervisor and its workers.
+bets per second, the CPU time (user + system) of the server's processes and of the agencies
+together (on a machine with few cores they compete, so CPU time shows where wall time goes), and
+the server's peak memory: the sum of the peak resident set (VmHWM) of the supervisor and its
+workers. With --runs N it ends with the median and range of each time over the runs.
 
 With --restart-batches N it measures a restart instead: N bets sent as N one-bet batches by
 --agencies agencies (batch.maxAmount 1; the journal is checkpointed as it grows), then the
@@ -30,6 +32,7 @@ import os
 import re
 import select
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -39,11 +42,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from processes import children, free_port, peak_rss_kib  # noqa: E402  (tools/ is on sys.path when run)
+from processes import children, cpu_seconds, free_port, kill_and_wait, peak_rss_kib  # noqa: E402  (tools/ is on sys.path when run)
 
 
-def wait_all(procs: list[subprocess.Popen], timeout: float) -> float:
-    """Wait for every process and return the monotonic time the last one exited.
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> tuple[float, float]:
+    """Wait for every process; return the monotonic time the last one exited and the CPU time
+    (user + system) they used together.
 
     Each exit is seen through a pidfd the moment it happens: Popen.wait(timeout) polls with
     sleeps of up to 50 ms, which would add up to 50 ms to a run of a few tenths of a second."""
@@ -54,7 +58,7 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> float:
         poller.register(fd, select.POLLIN)
         pending[fd] = proc
     deadline = time.monotonic() + timeout
-    last = time.monotonic()
+    last, cpu = time.monotonic(), 0.0
     while pending:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -63,8 +67,11 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> float:
             last = time.monotonic()
             poller.unregister(fd)
             os.close(fd)
-            pending.pop(fd).wait()
-    return last
+            proc = pending.pop(fd)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            cpu += usage.ru_utime + usage.ru_stime
+    return last, cpu
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -83,7 +90,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=0, help="server WORKERS (0 = one per CPU)")
     parser.add_argument("--batch-max-amount", type=int, default=0, help="agency batch.maxAmount (0 = config.yaml's)")
     parser.add_argument("--window", type=int, default=0, help="agency batch.window (0 = config.yaml's)")
-    parser.add_argument("--runs", type=int, default=1, help="repeat and report each run and the best")
+    parser.add_argument("--runs", type=int, default=1, help="repeat; report each run, then the median and range")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print it")
     parser.add_argument("--restart-batches", type=int, default=0, metavar="N",
                         help="measure a restart over N one-bet batches instead (implies --batch-max-amount 1)")
@@ -118,8 +125,10 @@ def main() -> int:
     else:
         results = [run_once(args, work, data, binary, expected, run) for run in range(1, args.runs + 1)]
     if results and args.runs > 1:
-        best = min(results, key=lambda r: r[0])
-        print(f"best of {args.runs}: wall_seconds: {best[0]:.3f} | bets_per_second: {args.bets / best[0]:,.0f}")
+        figures = []
+        for name, values in zip(("wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds"), zip(*results)):
+            figures.append(f"{name}: {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+        print(f"median (range) of {args.runs} runs: " + " | ".join(figures))
     if args.keep:
         print(f"kept: {work}")
     else:
@@ -164,15 +173,14 @@ def measure_restart(args, storage: Path, run: int) -> None:
         time.sleep(0.5)  # the workers have folded the journal by now
         memory = max(peak_rss_kib(pid) for pid in [server.pid, *children(server.pid)])
     finally:
-        for pid in [*children(server.pid), server.pid]:
-            os.kill(pid, signal.SIGKILL)
+        kill_and_wait([server.pid, *children(server.pid)], 30)
         server.wait(timeout=30)
     print(f"restart {run}: batches: {args.restart_batches} | journal_bytes: {journal} | "
           f"listen_seconds: {listening:.3f} | first_echo_seconds: {answered:.3f} | "
           f"largest_process_peak_memory_mib: {memory / 1024:.1f}")
 
 
-def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int], run: int) -> tuple[float, int]:
+def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int], run: int) -> tuple[float, float, float]:
     storage = work / f"storage-{run}"
     port = free_port()
     server_log = work / f"server-{run}.log"
@@ -199,9 +207,12 @@ def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int
                                   "CLI_TLS_KEY": str(work / "secrets" / f"agency-{a}-key.pem")})
             for a in range(1, args.agencies + 1)
         ]
-        wall = wait_all(agencies, 600) - started
+        last, agencies_cpu = wait_all(agencies, 600)
+        wall = last - started
         codes = [agency.returncode for agency in agencies]
-        memory = peak_rss_kib(server.pid) + sum(peak_rss_kib(pid) for pid in children(server.pid))
+        server_pids = [server.pid, *children(server.pid)]
+        memory = sum(peak_rss_kib(pid) for pid in server_pids)
+        server_cpu = sum(cpu_seconds(pid) for pid in server_pids)
         problems = []
         for agency, (code, log) in enumerate(zip(codes, logs), start=1):
             log.seek(0)
@@ -215,8 +226,7 @@ def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int
             problems.append(f"{stored} bets stored, {args.bets} sent")
     finally:
         if args.restart_batches:  # a crash, as the restart will find it
-            for pid in [*children(server.pid), server.pid]:
-                os.kill(pid, signal.SIGKILL)
+            kill_and_wait([server.pid, *children(server.pid)], 30)
             server.wait(timeout=30)
             server_code = 0
         else:
@@ -228,9 +238,10 @@ def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int
         print("\n".join(problems), file=sys.stderr)
         raise SystemExit("bench: the run was not correct; figures not reported")
     print(f"run {run}: bets: {args.bets} | agencies: {args.agencies} | wall_seconds: {wall:.3f} | "
-          f"bets_per_second: {args.bets / wall:,.0f} | server_peak_memory_mib: {memory / 1024:.1f} | "
+          f"bets_per_second: {args.bets / wall:,.0f} | server_cpu_seconds: {server_cpu:.2f} | "
+          f"agencies_cpu_seconds: {agencies_cpu:.2f} | server_peak_memory_mib: {memory / 1024:.1f} | "
           f"winners: {sum(expected.values())}")
-    return wall, memory
+    return wall, server_cpu, agencies_cpu
 
 
 if __name__ == "__main__":
