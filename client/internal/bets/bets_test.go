@@ -175,7 +175,7 @@ func TestReaderRecordTooLong(t *testing.T) {
 			if _, again := r.Next(); again != err {
 				t.Fatalf("Next after the fatal error: %v", again)
 			}
-			if limit := len(a) + 4 + maxRecordBytes + 2*bufferSize; in.n > limit {
+			if limit := len(a) + 4 + maxRecordBytes + 2*readAhead; in.n > limit {
 				t.Fatalf("read %d bytes of the input, want at most %d", in.n, limit)
 			}
 		})

@@ -51,8 +51,9 @@ func Chain(prev uint32, lines []byte) uint32 {
 // doubled, exactly when it holds a ',' or a '"', so every bet has one encoding (and one
 // chain). The values are checked first with the rules the central applies to the line
 // (ParseBetLine): reason is "" when they make a valid bet, else the rule they break (see the
-// Reason constants) and dst is returned unchanged.
-func AppendBetLine(dst []byte, fields []string) (line []byte, reason string) {
+// Reason constants) and dst is returned unchanged. The values are strings (what encoding/csv
+// returns) or byte slices (the agency's fast path, which splits lines without copying them).
+func AppendBetLine[S string | []byte](dst []byte, fields []S) (line []byte, reason string) {
 	if reason := valuesError(fields); reason != "" {
 		return dst, reason
 	}
@@ -60,7 +61,7 @@ func AppendBetLine(dst []byte, fields []string) (line []byte, reason string) {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		if needsQuotes(v) {
+		if i < 2 && needsQuotes(v) { // a valid document, date or number needs none
 			dst = appendQuoted(dst, v)
 		} else {
 			dst = append(dst, v...)
@@ -72,9 +73,9 @@ func AppendBetLine(dst []byte, fields []string) (line []byte, reason string) {
 // valuesError is fieldError for field values before they are encoded: the same rules, in the
 // same order, UTF-8 first. (A document, date or number holding ',' or '"' would be written
 // quoted, and fails its digit or date rule here just as it fails "never quoted" on the wire.)
-func valuesError(fields []string) string {
+func valuesError[S string | []byte](fields []S) string {
 	for _, v := range fields {
-		if !utf8.ValidString(v) {
+		if !validUTF8(v) {
 			return ReasonUTF8
 		}
 	}
@@ -96,7 +97,19 @@ func valuesError(fields []string) string {
 	return ""
 }
 
-func appendQuoted(dst []byte, v string) []byte {
+// validUTF8 is utf8.ValidString or utf8.Valid, whichever fits v, without converting it (which
+// would copy a []byte).
+func validUTF8[T string | []byte](v T) bool {
+	switch v := any(v).(type) {
+	case string:
+		return utf8.ValidString(v)
+	case []byte:
+		return utf8.Valid(v)
+	}
+	panic("unreachable")
+}
+
+func appendQuoted[T string | []byte](dst []byte, v T) []byte {
 	dst = append(dst, '"')
 	for i := 0; i < len(v); i++ {
 		if v[i] == '"' {
