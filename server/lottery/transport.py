@@ -45,6 +45,9 @@ def server_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.verify_mode = ssl.CERT_REQUIRED
+    # No session tickets: an agency keeps one connection and never resumes a session (its
+    # tls.Config has no session cache), so each ticket would be encrypted and sent for nothing.
+    context.num_tickets = 0
     try:
         context.load_verify_locations(cafile=str(ca))
     except ssl.SSLError as err:

@@ -575,7 +575,27 @@ func (a *Agency) sendBets() error {
 		if err := a.readAck(); err != nil {
 			return err
 		}
+		// Read every answer that has already arrived before refilling the window: the central
+		// answers a group commit at once, and the batches those answers free then leave
+		// together (one flush, one TLS record, one syscall on each side) instead of one by one.
+		for len(a.unacked) > 0 && a.frameBuffered() {
+			if err := a.readAck(); err != nil {
+				return err
+			}
+		}
 	}
+}
+
+// frameBuffered reports whether a whole frame is already in the read buffer, so that reading
+// it does not wait for the network.
+func (a *Agency) frameBuffered() bool {
+	buffered := a.br.Buffered()
+	if buffered < protocol.HeaderSize {
+		return false
+	}
+	head, _ := a.br.Peek(protocol.HeaderSize)
+	_, length, err := protocol.ParseHeader([protocol.HeaderSize]byte(head))
+	return err == nil && buffered >= protocol.HeaderSize+length
 }
 
 // nextBatch reads rows until a batch is complete; it returns nil at the end of the file when
