@@ -452,15 +452,16 @@ class Worker:
         group commit together, as on a plain socket. Bytes `ssl` still holds past the bound
         are read next turn (`ready`): the selector does not report them."""
         budget = READ_PER_TURN
+        drain = isinstance(conn.sock, ssl.SSLSocket)  # a plain socket: the selector reports the rest
+        handled = False
         while budget > 0:
             try:
                 data = conn.sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-                return
+                break
             except ssl.SSLWantWriteError:  # TLS must send something (a key update) first
                 conn.read_wants_write = True
-                self._update_events(conn)
-                return
+                break
             except OSError as err:  # ssl.SSLError included: a forged or corrupt record
                 self._close(conn, f"receive error: {getattr(err, 'strerror', None) or err}")
                 return
@@ -479,11 +480,13 @@ class Worker:
                 return  # we are leaving; what it sends now is ignored
             conn.inbuf += data
             self._process(conn)
+            handled = True
+            if not drain or not conn.open or not self._reading(conn):
+                break
+        # Once per turn, not per TLS record: the events follow what the frames left to send, and
+        # decrypted bytes `ssl` holds past the budget are marked ready (the selector cannot see them).
+        if handled or conn.read_wants_write:
             self._update_events(conn)
-            if not conn.open or not self._reading(conn) or not isinstance(conn.sock, ssl.SSLSocket):
-                return  # a plain socket: the selector reports what is left
-        if conn.open and self._reading(conn) and conn.sock.pending():
-            self.ready.add(conn)  # decrypted bytes the selector will not report
 
     def _process(self, conn: Connection) -> None:
         """Handle every complete frame in the connection's buffer, in order."""
