@@ -192,14 +192,9 @@ func asParseError(err error) *csv.ParseError {
 
 // start skips a BOM at the start of the input and sets up the buffer and the CSV reader.
 func (r *Reader) start() error {
-	var head [3]byte
-	n, err := io.ReadFull(r.src, head[:])
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+	src, err := withoutBOM(r.src)
+	if err != nil {
 		return err
-	}
-	src := r.src
-	if !bytes.Equal(head[:n], utf8BOM) {
-		src = io.MultiReader(bytes.NewReader(head[:n]), r.src)
 	}
 	r.src = nil
 	r.in = &limitReader{r: src}
@@ -209,6 +204,19 @@ func (r *Reader) start() error {
 	r.csv.FieldsPerRecord = -1 // a wrong number of fields is an invalid row, not an error
 	r.csv.ReuseRecord = true
 	return nil
+}
+
+// withoutBOM returns src past a UTF-8 BOM at its very start, or src whole if it has none.
+func withoutBOM(src io.Reader) (io.Reader, error) {
+	var head [3]byte
+	n, err := io.ReadFull(src, head[:])
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil, err
+	}
+	if bytes.Equal(head[:n], utf8BOM) {
+		return src, nil
+	}
+	return io.MultiReader(bytes.NewReader(head[:n]), src), nil
 }
 
 // feeder is encoding/csv's input: the reader's buffer, served at most up to a '\n' per Read.
