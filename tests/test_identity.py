@@ -158,69 +158,52 @@ def refused_with_a_certificate(server, context: ssl.SSLContext) -> tuple[str, st
 # --- certificates the central refuses -------------------------------------------------------------
 
 
-def test_a_client_without_a_certificate_is_refused(start_server) -> None:
-    server = start_server(agencies=2)
+def assert_handshake_refused(server, context: ssl.SSLContext, reason: str) -> str:
+    """Connect with `context`: the central refuses the handshake and logs it with `reason` (a
+    regular expression), authenticates nobody, stores nothing and keeps serving. Returns how the
+    connection ended, as the client saw it."""
     before = snapshot(server.storage)
-    peer, _ = refused_with_a_certificate(server, client_context())
-    server.wait_log(HANDSHAKE_FAIL.format(peer=re.escape(peer), reason=r"no client certificate"))
+    peer, how = refused_with_a_certificate(server, context)
+    server.wait_log(HANDSHAKE_FAIL.format(peer=re.escape(peer), reason=reason))
     assert "action: handshake | result: success" not in server.log()
     assert_still_serving(server, before)
+    return how
+
+
+def test_a_client_without_a_certificate_is_refused(start_server) -> None:
+    assert_handshake_refused(start_server(agencies=2), client_context(), r"no client certificate")
 
 
 def test_a_certificate_of_another_ca_is_refused(start_server, other_ca) -> None:
-    server = start_server(agencies=2)
-    before = snapshot(server.storage)
     context = client_context(other_ca / "agency-1.pem", other_ca / "agency-1-key.pem")
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # it does not care who answers
-    peer, _ = refused_with_a_certificate(server, context)
-    server.wait_log(HANDSHAKE_FAIL.format(peer=re.escape(peer), reason=r"certificate refused: unable to get local "
-                                          r"issuer certificate"))
-    assert "action: handshake | result: success" not in server.log()
-    assert_still_serving(server, before)
+    assert_handshake_refused(start_server(agencies=2), context,
+                             r"certificate refused: unable to get local issuer certificate")
 
 
 def test_an_expired_certificate_of_the_project_ca_is_refused(start_server, expired) -> None:
-    server = start_server(agencies=2)
-    before = snapshot(server.storage)
     context = client_context(expired / "agency-2.pem", expired / "agency-2-key.pem")
-    peer, _ = refused_with_a_certificate(server, context)
-    server.wait_log(HANDSHAKE_FAIL.format(peer=re.escape(peer), reason=r"certificate refused: certificate has expired"))
-    assert "action: handshake | result: success" not in server.log()
-    assert_still_serving(server, before)
+    assert_handshake_refused(start_server(agencies=2), context, r"certificate refused: certificate has expired")
 
 
 def test_a_certificate_of_an_agency_outside_the_round_is_refused(start_server) -> None:
     """Agency 9's certificate is genuine, but the round has 3 agencies (what UNKNOWN_AGENCY was)."""
-    server = start_server(agencies=3)
-    before = snapshot(server.storage)
-    peer, _ = refused_with_a_certificate(server, agency_context(9))
-    server.wait_log(HANDSHAKE_FAIL.format(peer=re.escape(peer), reason=r"the certificate \(subject .*agency-9.*\) is "
-                                          r"not agency-N with N in 1\.\.3"))
-    assert "action: handshake | result: success" not in server.log()
-    assert_still_serving(server, before)
+    assert_handshake_refused(start_server(agencies=3), agency_context(9),
+                             r"the certificate \(subject .*agency-9.*\) is not agency-N with N in 1\.\.3")
 
 
 def test_the_central_certificate_is_no_agency_certificate(start_server) -> None:
     """The central's own certificate (a server certificate of the project CA, CN `server`)
     presented as a client certificate."""
-    server = start_server(agencies=2)
-    before = snapshot(server.storage)
     context = client_context(CREDENTIALS / "server.pem", CREDENTIALS / "server-key.pem")
-    peer, _ = refused_with_a_certificate(server, context)
-    server.wait_log(HANDSHAKE_FAIL.format(peer=re.escape(peer), reason=r"certificate refused: \S.*"))
-    assert "action: handshake | result: success" not in server.log()
-    assert_still_serving(server, before)
+    assert_handshake_refused(start_server(agencies=2), context, r"certificate refused: \S.*")
 
 
 def test_a_tls_1_2_client_is_refused(start_server) -> None:
-    server = start_server(agencies=2)
-    before = snapshot(server.storage)
     context = client_context(CREDENTIALS / "agency-1.pem", CREDENTIALS / "agency-1-key.pem",
                              maximum=ssl.TLSVersion.TLSv1_2)
-    peer, how = refused_with_a_certificate(server, context)
+    how = assert_handshake_refused(start_server(agencies=2), context, r"not TLS 1\.3")
     assert how.startswith("handshake:"), how
-    server.wait_log(HANDSHAKE_FAIL.format(peer=re.escape(peer), reason=r"not TLS 1\.3"))
-    assert_still_serving(server, before)
 
 
 # --- a genuine agency naming another one --------------------------------------------------------
