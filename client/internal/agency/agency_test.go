@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"lottery/client/internal/certs"
+	"lottery/client/internal/certs/certstest"
 	"lottery/client/internal/config"
 	"lottery/client/internal/logs"
 	"lottery/client/internal/protocol"
@@ -53,16 +54,7 @@ func credentials(t *testing.T) string {
 // the CA of caDir into a new temporary directory.
 func credentialsOfCA(t *testing.T, caDir string, serverNames ...string) string {
 	t.Helper()
-	dir := t.TempDir()
-	for _, name := range []string{certs.CAFile, certs.CAKeyFile} {
-		data, err := os.ReadFile(filepath.Join(caDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := certstest.WithCA(t, caDir)
 	req := certs.Request{Dir: dir, Agencies: 3, ServerNames: serverNames, Days: 1, CADays: 2}
 	if _, err := certs.Issue(req); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"lottery/client/internal/certs"
+	"lottery/client/internal/certs/certstest"
 	"lottery/client/internal/config"
 )
 
@@ -33,16 +34,7 @@ func issue(t *testing.T) string {
 // starting at notBefore for days.
 func issueWithCA(t *testing.T, caDir string, notBefore time.Time, days int) string {
 	t.Helper()
-	dir := t.TempDir()
-	for _, name := range []string{certs.CAFile, certs.CAKeyFile} {
-		data, err := os.ReadFile(filepath.Join(caDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := certstest.WithCA(t, caDir)
 	req := certs.Request{Dir: dir, Agencies: 3, ServerNames: []string{"server"}, NotBefore: notBefore, Days: days, CADays: 1}
 	if _, err := certs.Issue(req); err != nil {
 		t.Fatal(err)
