@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"lottery/client/internal/certs"
+	"lottery/client/internal/certs/certstest"
 	"lottery/client/internal/protocol"
 )
 
@@ -168,20 +168,7 @@ func TestBadTLSFileStopsAtStart(t *testing.T) {
 // with AGENCY_MISMATCH: it stops at once with exit code 1 and the refusal on its exit line.
 func TestAgencyMismatchExitsWithOne(t *testing.T) {
 	dir := credentials(t)
-	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, certs.ServerFile), filepath.Join(dir, certs.ServerKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(filepath.Join(dir, certs.CAFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
-		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{pair},
-		ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert,
-	})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", certstest.CentralTLS(t, dir, dir))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -60,31 +59,6 @@ func credentialsOfCA(t *testing.T, caDir string, serverNames ...string) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-// centralTLS is the central's side: TLS 1.3 only, serverDir's central certificate, and a
-// certificate required of every agency, verified against clientCADir's CA.
-func centralTLS(t *testing.T, serverDir, clientCADir string) *tls.Config {
-	t.Helper()
-	pair, err := tls.LoadX509KeyPair(filepath.Join(serverDir, certs.ServerFile), filepath.Join(serverDir, certs.ServerKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(filepath.Join(clientCADir, certs.CAFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		t.Fatal("no CA certificate")
-	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		MaxVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{pair},
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-	}
 }
 
 // fakeServer is a minimal central for one agency: it stores bets by position on top of their
@@ -150,7 +124,7 @@ func newFakeServerTLS(t *testing.T, serverDir, clientCADir string) *fakeServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeServer{t: t, ln: tls.NewListener(ln, centralTLS(t, serverDir, clientCADir)), dir: clientCADir,
+	return &fakeServer{t: t, ln: tls.NewListener(ln, certstest.CentralTLS(t, serverDir, clientCADir)), dir: clientCADir,
 		types: map[int][]protocol.Type{}, peers: map[int]string{}, versions: map[int]uint16{},
 		received: map[uint32]int{}, queried: make(chan struct{}, 16)}
 }

@@ -1,8 +1,11 @@
-// Package certstest owns the test helpers shared by the packages whose tests need credentials
-// issued by one CA in several directories (a rotation, a second central, an expired agency).
+// Package certstest owns the TLS test helpers shared by the agency's packages: credentials
+// issued by one CA in several directories (a rotation, a second central, an expired agency),
+// and the central's side of a mutual TLS connection.
 package certstest
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"testing"
@@ -25,4 +28,29 @@ func WithCA(t testing.TB, caDir string) string {
 		}
 	}
 	return dir
+}
+
+// CentralTLS is the central's side: TLS 1.3 only, serverDir's central certificate, and a
+// certificate required of every agency, verified against clientCADir's CA.
+func CentralTLS(t testing.TB, serverDir, clientCADir string) *tls.Config {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(filepath.Join(serverDir, certs.ServerFile), filepath.Join(serverDir, certs.ServerKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(clientCADir, certs.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("no CA certificate")
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		MaxVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{pair},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+	}
 }
