@@ -85,7 +85,7 @@ sys.path.insert(0, str(SERVER_DIR))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import gen_data  # noqa: E402  (tools/ is not a package)
-from processes import children, free_port  # noqa: E402
+from processes import children, free_port, kill_and_wait  # noqa: E402
 from lottery import protocol  # noqa: E402
 
 FAULTS: tuple[str, ...] = ("central_kill", "agency_kill", "network_cut", "disk_full", "central_restart")
@@ -470,14 +470,10 @@ class Central:
         if proc is None or proc.poll() is not None:
             return
         signal_quietly(proc.pid, signal.SIGSTOP)
-        pids = [*children(proc.pid), proc.pid]
-        for pid in pids:
-            signal_quietly(pid, signal.SIGKILL)
+        kill_and_wait([proc.pid, *children(proc.pid)], PROCESS_EXIT_TIMEOUT)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # anything of its session /proc did not show
         proc.wait(timeout=PROCESS_EXIT_TIMEOUT)
-        wait_until(lambda: all(process_gone(pid) for pid in pids), PROCESS_EXIT_TIMEOUT,
-                   "the killed central's workers to die")
 
     def terminate(self) -> int:
         """SIGTERM and wait for the supervisor and its workers: the supervisor's exit code."""
