@@ -32,8 +32,8 @@ import os
 import re
 import select
 import signal
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile

@@ -608,9 +608,8 @@ class Storage:
         """What is durably stored of `agency`, and whether its FIN is recorded."""
         with self._locked():
             state, finished = self.view.state(agency), agency in self.view.fins
-        if state.stored or finished:
+        if state.stored or finished:  # else nothing is stated, so nothing needs to be durable
             self.sync()  # another process may have appended it without syncing yet
-        # (Nothing stored states no fact to make durable: a fresh agency starts without a sync.)
         return state, finished
 
     def compact(self) -> tuple[int, int]:
