@@ -17,7 +17,10 @@ from pathlib import Path
 
 from lottery import config as server_config
 from lottery import logs, transport
-from lottery.storage import RoundMismatch, StorageError, StorageInUse
+from lottery.channel import EXIT_START_FAILED
+from lottery.durable import StorageError
+from lottery.locks import StorageInUse
+from lottery.recovery import RoundMismatch
 from lottery.supervisor import Supervisor
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.ini"
@@ -31,12 +34,12 @@ def main() -> int:
         config = server_config.load(path)
     except server_config.ConfigError as err:
         log.error("action: config | result: fail | key: %s | error: %s", err.key, err.problem)
-        return 1
+        return EXIT_START_FAILED
     try:
         tls = transport.server_context(config.tls_ca, config.tls_cert, config.tls_key)
     except transport.TLSConfigError as err:
         log.error("action: config | result: fail | key: %s | error: %s", err.key, err.problem)
-        return 1
+        return EXIT_START_FAILED
     logs.setup(config.logging_level)
     log.info("action: config | result: success | %s", config.log_fields())
     try:
@@ -61,7 +64,7 @@ def main() -> int:
         )
     except (OSError, StorageError) as err:
         log.error("action: exit | result: fail | error: %s", err)
-    return 1
+    return EXIT_START_FAILED
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import DATA, DEFAULT_WINNERS, Peer, bet, stored_documents, wait_until
 from lottery import protocol
+from wire import bet_lines
+
 
 def data_rows(path: Path) -> int:
     return sum(1 for line in path.read_bytes().splitlines() if line.strip())
@@ -177,10 +179,10 @@ def test_bad_input_from_a_raw_socket_does_not_harm_running_agencies(start_server
         bytes.fromhex("02ff00000000"),
         bytes.fromhex("01ee0000000a") + b"0123456789",
         protocol.encode(protocol.Bet(1, 1, 1, 0, b"Mal,Formed,x,1990-01-01,1\n")),
-        protocol.encode(protocol.Bet(1, 999_999, 1, 0, protocol.bet_lines([bet("1")]))),
+        protocol.encode(protocol.Bet(1, 999_999, 1, 0, bet_lines([bet("1")]))),
         protocol.encode(protocol.Fin(2, 1, 0)),
         protocol.encode(protocol.Fin(77, 0, 0)),
-        protocol.encode(protocol.Bet(3, 1, 1, 0, protocol.bet_lines([bet("1")])))[:20],  # then hang up mid-frame
+        protocol.encode(protocol.Bet(3, 1, 1, 0, bet_lines([bet("1")])))[:20],  # then hang up mid-frame
     ]
     for raw in attacks:
         for agency in (None, 4):

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import AgencyBets, Row, batch, bet, chain_of, csv_rows, row
 from lottery import protocol
+from wire import bet_lines
 from lottery.protocol import ErrorCode
 
 
@@ -98,9 +99,9 @@ def test_resume_says_what_is_stored_and_survives_a_crash(start_server, peers, tm
     peer.send_raw(protocol.encode(agency.batch(bets[:3])) + protocol.encode(agency.batch(bets[3:]))
                   + protocol.encode(protocol.Hello(1)))
     assert [peer.recv(), peer.recv()] == [protocol.Ack(1, 3), protocol.Ack(1, 7)]
-    stored = protocol.Resume(1, 7, protocol.chain(protocol.bet_lines(bets)), False)
+    stored = protocol.Resume(1, 7, protocol.chain(bet_lines(bets)), False)
     assert peer.recv() == stored
-    assert stored.chain == protocol.chain(protocol.bet_lines(bets[3:]), protocol.chain(protocol.bet_lines(bets[:3])))
+    assert stored.chain == protocol.chain(bet_lines(bets[3:]), protocol.chain(bet_lines(bets[:3])))
     other = peers(server.port)  # agency 1's next connection, whichever worker serves it
     assert resume(other, 1) == stored
     assert resume(peers(server.port, agency=2), 2) == protocol.Resume(2, 0, 0, False)

@@ -1,7 +1,7 @@
 """Tests of tools/gen_data.py, the deterministic agency bet file generator (owns this file).
 
 The CLI is run as a subprocess of the real script; bet lines are checked with the server's own
-validator, lottery.protocol.bet_line_error.
+validator, lottery.bets.bet_line_error.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "server"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import gen_data  # noqa: E402
-from lottery.protocol import bet_line_error  # noqa: E402
+from lottery.bets import bet_line_error  # noqa: E402
 
 WINNING = b"7574"
 

@@ -10,7 +10,8 @@ import zlib
 import pytest
 
 from conftest import ROOT
-from lottery import protocol
+import wire
+from lottery import bets, protocol
 from lottery.protocol import ErrorCode, MsgType, ProtocolError
 
 VECTORS = json.loads((ROOT / "testdata" / "protocol_vectors.json").read_text(encoding="utf-8"))
@@ -21,7 +22,7 @@ def message_from_fields(kind: str, fields: dict) -> protocol.Message:
         return protocol.Echo(bytes.fromhex(fields["payload_hex"]))
     if kind == "BET":
         bets = [tuple(b) for b in fields["bets"]]
-        return protocol.Bet(fields["agency"], fields["first"], len(bets), fields["chain"], protocol.bet_lines(bets))
+        return protocol.Bet(fields["agency"], fields["first"], len(bets), fields["chain"], wire.bet_lines(bets))
     if kind == "ACK":
         return protocol.Ack(fields["agency"], fields["stored"])
     if kind == "FIN":
@@ -49,11 +50,11 @@ def decode(raw: bytes) -> protocol.Message:
     def read_exact(n: int) -> bytes:
         nonlocal position
         if position + n > len(view):
-            raise protocol.TruncatedFrame(f"wanted {n} bytes at {position}")
+            raise wire.TruncatedFrame(f"wanted {n} bytes at {position}")
         position += n
         return bytes(view[position - n : position])
 
-    message = protocol.read_frame(read_exact)
+    message = wire.read_frame(read_exact)
     assert position == len(raw), "trailing bytes after the frame"
     return message
 
@@ -65,26 +66,6 @@ def test_the_vectors_are_version_2_and_cover_every_message_type() -> None:
     assert {v["fields"]["code"] for v in VECTORS["frames"] if v["type"] == "ERROR"} >= {
         ErrorCode.INVALID_BET, ErrorCode.BETS_MISMATCH, ErrorCode.AGENCY_MISMATCH}
     assert all(v["hex"].startswith("02") for v in VECTORS["frames"])
-
-
-def test_the_agency_mismatch_vector_is_what_the_central_answers() -> None:
-    """ERROR AGENCY_MISMATCH (code 15) for a message of agency 2's connection naming agency 3:
-    the vector's bytes are the refusal the worker builds (the live answer: test_identity.py)."""
-    from types import SimpleNamespace
-
-    from lottery.worker import Worker
-
-    vector = next(v for v in VECTORS["frames"] if v["name"] == "error_agency_mismatch")
-    assert vector["fields"]["code"] == ErrorCode.AGENCY_MISMATCH == 15
-    with pytest.raises(ProtocolError) as caught:
-        Worker._check_agency(None, SimpleNamespace(agency=2), 3, 0)  # type: ignore[arg-type]
-    refusal = caught.value
-    assert protocol.encode(protocol.Error(refusal.code, refusal.position, refusal.reason)).hex() == vector["hex"]
-    Worker._check_agency(None, SimpleNamespace(agency=3), 3, 0)  # type: ignore[arg-type]  # its own: accepted
-    # The next code is not defined (the invalid-frame vector error_unknown_code).
-    assert max(ErrorCode) == ErrorCode.AGENCY_MISMATCH
-    unknown = next(v for v in VECTORS["invalid_frames"] if v["name"] == "error_unknown_code")
-    assert int(unknown["hex"][12:16], 16) == max(ErrorCode) + 1
 
 
 @pytest.mark.parametrize("vector", VECTORS["frames"], ids=lambda v: v["name"])
@@ -110,31 +91,31 @@ def test_invalid_frames_are_refused_with_their_code(vector: dict) -> None:
 @pytest.mark.parametrize("vector", VECTORS["bet_lines"], ids=lambda v: v["line"][:40])
 def test_bet_line_rules(vector: dict) -> None:
     line = vector["line"].encode("utf-8")
-    reason = protocol.bet_line_error(line)
+    reason = bets.bet_line_error(line)
     if vector["valid"]:
         assert reason is None
-        protocol.validate_bets(line + b"\n", 1)  # the fast path agrees
+        bets.validate_bets(line + b"\n", 1)  # the fast path agrees
     else:
         assert reason is not None and vector["reason"] in reason
-        with pytest.raises(ProtocolError) as caught:
-            protocol.validate_bets(line + b"\n", 1)
-        assert caught.value.code is ErrorCode.INVALID_BET
+        with pytest.raises(bets.InvalidBatch) as caught:
+            bets.validate_bets(line + b"\n", 1)
+        assert not caught.value.malformed  # INVALID_BET, not MALFORMED
         assert caught.value.reason == f"bet 1: {reason}"
         # One bad line refuses the whole batch, whichever line it is.
         good = b"Ana,Lopez,1,1990-01-01,1\n"
-        with pytest.raises(ProtocolError) as caught:
-            protocol.validate_bets(good + line + b"\n" + good, 3)
-        assert caught.value.code is ErrorCode.INVALID_BET and caught.value.reason == f"bet 2: {reason}"
+        with pytest.raises(bets.InvalidBatch) as caught:
+            bets.validate_bets(good + line + b"\n" + good, 3)
+        assert not caught.value.malformed and caught.value.reason == f"bet 2: {reason}"
 
 
 @pytest.mark.parametrize("vector", [v for v in VECTORS["bet_lines"] if v["valid"]], ids=lambda v: v["line"][:40])
 def test_a_valid_bet_line_is_the_one_canonical_rfc_4180_encoding_of_its_fields(vector: dict) -> None:
     """A valid line reads back with the csv module as five fields, and encoding those fields
-    (protocol.bet_line, and csv.writer's minimal quoting) gives back the very same bytes."""
+    (bets.bet_line, and csv.writer's minimal quoting) gives back the very same bytes."""
     (fields,) = list(csv.reader([vector["line"]]))
     assert len(fields) == 5
-    assert protocol.bet_line(tuple(fields)) == vector["line"].encode("utf-8") + b"\n"
-    assert protocol.bet_lines([tuple(fields)] * 2) == (vector["line"] + "\n").encode("utf-8") * 2
+    assert bets.bet_line(tuple(fields)) == vector["line"].encode("utf-8") + b"\n"
+    assert wire.bet_lines([tuple(fields)] * 2) == (vector["line"] + "\n").encode("utf-8") * 2
 
 
 @pytest.mark.parametrize(
@@ -149,23 +130,23 @@ def test_a_valid_bet_line_is_the_one_canonical_rfc_4180_encoding_of_its_fields(v
     ids=["comma", "double_quote", "semicolon_apostrophe", "lone_quote_and_comma", "longest"],
 )
 def test_bet_line_quotes_a_name_exactly_when_it_holds_a_comma_or_a_double_quote(fields, line) -> None:
-    encoded = protocol.bet_line(fields)
+    encoded = bets.bet_line(fields)
     assert encoded == line.encode("utf-8") + b"\n"
-    assert protocol.bet_line_error(encoded[:-1]) is None
-    protocol.validate_bets(encoded, 1)
+    assert bets.bet_line_error(encoded[:-1]) is None
+    bets.validate_bets(encoded, 1)
     assert tuple(next(csv.reader([line]))) == fields
 
 
 def test_the_longest_bet_line_is_438_bytes_before_its_newline() -> None:
-    longest = protocol.bet_line(('"' * 100, '"' * 100, "9" * 10, "2000-02-29", "9" * 10))
+    longest = bets.bet_line(('"' * 100, '"' * 100, "9" * 10, "2000-02-29", "9" * 10))
     assert len(longest) == 438 + 1
-    protocol.validate_bets(longest, 1)
-    with pytest.raises(ProtocolError):  # one more quote makes a 101-byte name
-        protocol.validate_bets(protocol.bet_line(('"' * 101, "B", "1", "2000-02-29", "1")), 1)
+    bets.validate_bets(longest, 1)
+    with pytest.raises(bets.InvalidBatch):  # one more quote makes a 101-byte name
+        bets.validate_bets(bets.bet_line(('"' * 101, "B", "1", "2000-02-29", "1")), 1)
 
 
 def test_the_chain_is_the_crc32_of_every_bet_line_so_far_whatever_the_batching() -> None:
-    lines = [protocol.bet_line((f"N{n}", "Paz, Ruiz" if n % 3 else "Ñú", str(n), "1990-01-01", "1"))
+    lines = [bets.bet_line((f"N{n}", "Paz, Ruiz" if n % 3 else "Ñú", str(n), "1990-01-01", "1"))
              for n in range(30)]
     whole = zlib.crc32(b"".join(lines))
     assert protocol.chain(b"") == 0
@@ -202,7 +183,7 @@ def test_header_is_refused_before_the_payload_is_read() -> None:
         return header
 
     with pytest.raises(ProtocolError) as caught:
-        protocol.read_frame(read_exact)
+        wire.read_frame(read_exact)
     assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
     assert reads == [protocol.HEADER_SIZE]
 
@@ -220,9 +201,9 @@ def test_winners_pages_split_at_the_frame_limit() -> None:
 
 def test_batch_validation_names_the_first_bad_bet() -> None:
     lines = b"Ana,Lopez,1,1990-01-01,1\nBea,Diaz,2,1990-02-30,2\nCid,Paz,x,1990-01-01,3\n"
-    with pytest.raises(ProtocolError) as caught:
-        protocol.validate_bets(lines, 3)
-    assert caught.value.code is ErrorCode.INVALID_BET
+    with pytest.raises(bets.InvalidBatch) as caught:
+        bets.validate_bets(lines, 3)
+    assert not caught.value.malformed
     assert caught.value.reason == "bet 2: birthdate"
 
 
@@ -244,7 +225,7 @@ def test_random_frames_never_escape_as_other_exceptions() -> None:
             raw += rng.randbytes(rng.randint(0, 64))
         try:
             message = decode(bytes(raw))
-        except (ProtocolError, protocol.TruncatedFrame, AssertionError):
+        except (ProtocolError, wire.TruncatedFrame, AssertionError):
             outcomes["refused"] += 1
         else:
             outcomes["ok"] += 1

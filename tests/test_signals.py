@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
-from lottery.supervisor import SignalInbox
+from lottery.signals import SignalInbox
 
 
 def test_no_signal_is_lost_while_the_loop_takes_them() -> None:

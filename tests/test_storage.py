@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 
 from conftest import AgencyBets, batch, bet, chain_of, csv_rows, row
-from lottery import draw, storage
+from lottery import draw, files, recovery
 from lottery.protocol import Bet
-from lottery.storage import AgencyState, FinOutcome, Outcome, Storage
+from lottery.board import Board
+from lottery.journal import AgencyState
+from lottery.storage import FinOutcome, Outcome, Storage
 
 AGENCIES = 9  # the round these tests store into
 
 
 def open_storage(directory: Path) -> Storage:
-    storage.recover(directory, AGENCIES)
+    recovery.recover(directory, AGENCIES)
     return Storage(directory)
 
 
@@ -71,7 +73,7 @@ def test_the_exactly_once_rules_of_a_batch(tmp_path: Path) -> None:
         "the last batch's tail": batch(1, 8, bets[7:10], chain_of(bets[:7])),
     }
     got = outcomes(store, list(refused.values()))
-    assert dict(zip(refused, got)) == {
+    assert dict(zip(refused, got, strict=True)) == {
         "wrong chain at stored+1": Outcome.MISMATCH,
         "gap": Outcome.GAP,
         "older batch resent": Outcome.MISMATCH,
@@ -115,7 +117,7 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     store.store_batches([agency.batch([bet("1")]), agency.batch([bet("2"), bet("3")])])
     store.record_fin(1, 3, agency.chain)
     store.close()
-    report = storage.recover(tmp_path, AGENCIES)
+    report = recovery.recover(tmp_path, AGENCIES)
     assert (report.batches, report.fins, report.cut_bets_bytes, report.cut_journal_bytes) == (2, 1, 0, 0)
     again = Storage(tmp_path)
     assert again.view.agency_states == {1: AgencyState(3, agency.chain, 2)}
@@ -133,12 +135,12 @@ def test_a_checkpoint_keeps_what_decides_a_resend(tmp_path: Path) -> None:
     store.store_batches([one.batch([bet("1"), bet("2")]), one.batch([bet("3"), bet("4"), bet("5")]),
                          two.batch([bet("6")])])
     store.record_fin(2, 1, two.chain)
-    store.compact()
-    journal = (tmp_path / storage.JOURNAL_FILE).read_text().splitlines()
+    store.try_compact()
+    journal = (tmp_path / files.JOURNAL_FILE).read_text().splitlines()
     assert journal[0].startswith("checkpoint 9 ")
     assert f"agency 1 5 {one.chain:08x} 3" in journal and f"fin 2 1 {two.chain:08x}" in journal
     store.close()
-    storage.recover(tmp_path, AGENCIES)
+    recovery.recover(tmp_path, AGENCIES)
     again = Storage(tmp_path)
     assert again.view.state(1) == AgencyState(5, one.chain, 3)
     assert outcomes(again, [one.batches[1], one.batches[0], batch(1, 3, [bet("3"), bet("4"), bet("5")])]) == [
@@ -163,7 +165,7 @@ def test_recovery_keeps_the_longest_valid_prefix(tmp_path: Path, damage: str, ke
     first, second = agency.batch([bet("1")]), agency.batch([bet("2"), bet("3")])
     store.store_batches([first, second])
     store.close()
-    bets_path, journal_path = tmp_path / storage.BETS_FILE, tmp_path / storage.JOURNAL_FILE
+    bets_path, journal_path = tmp_path / files.BETS_FILE, tmp_path / files.JOURNAL_FILE
     if damage == "torn_journal_line":
         with open(journal_path, "ab") as journal:
             journal.write(b"batch 1 3 99")
@@ -176,13 +178,13 @@ def test_recovery_keeps_the_longest_valid_prefix(tmp_path: Path, damage: str, ke
         data = bytearray(bets_path.read_bytes())
         data[-5] ^= 0x01
         bets_path.write_bytes(bytes(data))
-    report = storage.recover(tmp_path, AGENCIES)
+    report = recovery.recover(tmp_path, AGENCIES)
     assert report.batches == kept_batches
     assert report.cut_bets_bytes + report.cut_journal_bytes > 0
     store = Storage(tmp_path)
     kept = first if kept_batches == 1 else second
     assert store.resume(1) == (AgencyState(kept.last, kept.chain_after, kept.first), False)
-    assert storage.recover(tmp_path, AGENCIES).batches == kept_batches  # recovery is idempotent
+    assert recovery.recover(tmp_path, AGENCIES).batches == kept_batches  # recovery is idempotent
     rows = csv_rows(tmp_path)
     assert len(rows) == {1: 1, 2: 3}[kept_batches]
     # The agency resends what was lost and the files are whole again.
@@ -195,17 +197,17 @@ def test_a_dead_writers_leftovers_are_cut_by_the_next_writer(tmp_path: Path) -> 
     store = open_storage(tmp_path)
     other = Storage(tmp_path)
     store.store_batches([AgencyBets(1).batch([bet("1")])])
-    with open(tmp_path / storage.BETS_FILE, "ab") as bets:  # a writer killed mid-batch
+    with open(tmp_path / files.BETS_FILE, "ab") as bets:  # a writer killed mid-batch
         bets.write(b"2,Half")
-    with open(tmp_path / storage.JOURNAL_FILE, "ab") as journal:
+    with open(tmp_path / files.JOURNAL_FILE, "ab") as journal:
         journal.write(b"batch 2 1")
     assert outcomes(other, [AgencyBets(2).batch([bet("2")])]) == [Outcome.STORED]
     assert csv_rows(tmp_path) == [row(1, bet("1")), row(2, bet("2"))]
-    assert storage.recover(tmp_path, AGENCIES).batches == 2
+    assert recovery.recover(tmp_path, AGENCIES).batches == 2
 
 
 def test_concurrent_writer_processes_never_interleave_or_lose_a_batch(tmp_path: Path) -> None:
-    storage.recover(tmp_path, AGENCIES)
+    recovery.recover(tmp_path, AGENCIES)
     writers, batches_each, bets_per_batch = 4, 60, 20
     pids = []
     for agency in range(1, writers + 1):
@@ -228,7 +230,7 @@ def test_concurrent_writer_processes_never_interleave_or_lose_a_batch(tmp_path: 
     for pid in pids:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-    report = storage.recover(tmp_path, AGENCIES)
+    report = recovery.recover(tmp_path, AGENCIES)
     assert report.batches == writers * batches_each and report.cut_bets_bytes == 0
     rows = csv_rows(tmp_path)
     assert len(rows) == writers * batches_each * bets_per_batch
@@ -251,7 +253,7 @@ def test_concurrent_writer_processes_never_interleave_or_lose_a_batch(tmp_path: 
 def _agency_lines(directory: Path, agency: int) -> list[bytes]:
     """The bet lines of `agency` in bets.csv, as the agency sent them (its id cut off)."""
     prefix = b"%d," % agency
-    return [line[len(prefix) :] + b"\n" for line in (directory / storage.BETS_FILE).read_bytes().split(b"\n")[:-1]
+    return [line[len(prefix) :] + b"\n" for line in (directory / files.BETS_FILE).read_bytes().split(b"\n")[:-1]
             if line.startswith(prefix)]
 
 
@@ -259,8 +261,8 @@ def test_journal_crc_covers_the_batch_bytes_and_the_chain_its_bets(tmp_path: Pat
     store = open_storage(tmp_path)
     agency = AgencyBets(7)
     store.store_batches([agency.batch([bet("70", first="Pérez, Juan"), bet("71")])])
-    line = (tmp_path / storage.JOURNAL_FILE).read_text().splitlines()[-1].split()
-    data = (tmp_path / storage.BETS_FILE).read_bytes()
+    line = (tmp_path / files.JOURNAL_FILE).read_text().splitlines()[-1].split()
+    data = (tmp_path / files.BETS_FILE).read_bytes()
     assert line[:5] == ["batch", "7", "1", "2", str(len(data))]
     assert int(line[5], 16) == zlib.crc32(data)
     assert int(line[6], 16) == agency.chain == zlib.crc32(b"".join(_agency_lines(tmp_path, 7)))
@@ -276,8 +278,8 @@ def test_draw_streams_and_finds_exactly_the_winners(tmp_path: Path, monkeypatch:
     bets += [bet("903", "7574", first='Ana "7574", Paz', last="Ruiz, Soto"), bet("904", "1", last="Ruiz,7574"),
              bet("905", "2", first="Ruiz,7574,", last='"7574"')]
     store.store_batches([AgencyBets(1).batch(bets[:100]), AgencyBets(2).batch(bets[100:])])
-    size = (tmp_path / storage.BETS_FILE).stat().st_size
-    winners = draw.find_winners(tmp_path / storage.BETS_FILE, size)
+    size = (tmp_path / files.BETS_FILE).stat().st_size
+    winners = draw.find_winners(tmp_path / files.BETS_FILE, size)
     expected = [(1 if n <= 100 else 2, str(n)) for n in range(1, 200) if n % 7 == 0] + [(2, "900"), (2, "903")]
     assert winners == expected
     assert not draw.draw_done(tmp_path)
@@ -294,7 +296,7 @@ def test_a_drawn_round_refuses_new_bets_and_fins_but_acknowledges_the_last_batch
     last = one.batch([bet("1", "7574")])
     assert outcomes(store, [last, two.batch([bet("2")])]) == [Outcome.STORED] * 2
     store.record_fin(1, 1, one.chain)
-    draw.run_draw(tmp_path, (tmp_path / storage.BETS_FILE).stat().st_size)
+    draw.run_draw(tmp_path, (tmp_path / files.BETS_FILE).stat().st_size)
     refused = [one.batch([bet("3")]), two.batch([bet("4")]), batch(2, 9, [bet("5")], 0)]
     assert outcomes(store, [last, *refused]) == [Outcome.DUPLICATE] + [Outcome.ROUND_CLOSED] * 3
     assert outcomes(store, [batch(2, 1, [bet("9")])]) == [Outcome.MISMATCH]  # stored positions: not a new bet
@@ -306,23 +308,22 @@ def test_a_drawn_round_refuses_new_bets_and_fins_but_acknowledges_the_last_batch
 # --- the session table (one live session per agency, across workers) ------------------------------
 
 
-def test_a_new_session_makes_every_older_one_of_the_agency_stale(tmp_path: Path) -> None:
-    from lottery import sessions
-
-    sessions.reset(tmp_path, 3)
-    first, second = sessions.SessionTable(tmp_path), sessions.SessionTable(tmp_path)  # two workers
+def test_a_new_session_makes_every_older_one_of_the_agency_stale() -> None:
+    """The board is shared by fork: a claim in one process makes the older session stale in all."""
+    board = Board(3)
     try:
-        one = first.claim(1)
-        assert first.current(1, one) and second.current(1, one)
-        other = second.claim(2)  # another agency's session does not touch agency 1's
-        assert first.current(1, one) and first.current(2, other)
-        newer = second.claim(1)  # agency 1 again, in the other worker
-        assert newer != one
-        assert not first.current(1, one) and first.current(1, newer) and second.current(1, newer)
-        assert first.current(2, other)
-        assert (tmp_path / sessions.SESSIONS_FILE).stat().st_size == 4 * 3
-        sessions.reset(tmp_path, 3)  # a new central: no session outlives the last one
-        assert not first.current(1, newer) and first.claim(1) == 1
+        one = board.claim(1)
+        assert board.current(1, one)
+        other = board.claim(2)  # another agency's session does not touch agency 1's
+        assert board.current(1, one) and board.current(2, other)
+        child = os.fork()
+        if child == 0:  # another worker claims agency 1
+            board.claim(1)
+            os._exit(0)
+        os.waitpid(child, 0)
+        assert not board.current(1, one) and board.current(2, other)
+        newer = board.claim(1)
+        assert newer != one and board.current(1, newer)
     finally:
-        first.close()
-        second.close()
+        board.close()
+    assert not Board(3).current(1, newer)  # a new central: no session outlives the last one

@@ -39,6 +39,7 @@ class ServerConfig:
     worker_connections: int
     idle_timeout: float
     shutdown_timeout: float
+    stall_timeout: float
     health_port: int
     handshake_timeout: float
     handshake_budget: int
@@ -54,6 +55,7 @@ class ServerConfig:
             f"worker_connections: {self.worker_connections} | idle_timeout: {self.idle_timeout:g} | "
             f"shutdown_timeout: {self.shutdown_timeout:g} | health_port: {self.health_port} | "
             f"handshake_timeout: {self.handshake_timeout:g} | handshake_budget: {self.handshake_budget} | "
+            f"stall_timeout: {self.stall_timeout:g} | "
             f"tls_ca: {self.tls_ca} | tls_cert: {self.tls_cert} | tls_key: {self.tls_key}"
         )
 
@@ -151,6 +153,7 @@ def load(path: Path, environ: Mapping[str, str] = os.environ) -> ServerConfig:
         worker_connections=worker_connections,
         idle_timeout=get("IDLE_TIMEOUT", _seconds),
         shutdown_timeout=get("SHUTDOWN_TIMEOUT", _seconds),
+        stall_timeout=get("STALL_TIMEOUT", _seconds),
         health_port=health_port,
         handshake_timeout=get("HANDSHAKE_TIMEOUT", _seconds),
         handshake_budget=get("HANDSHAKE_BUDGET", _integer(1, 100_000)),

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from .storage import BETS_FILE, WINNERS_FILE, write_file_atomically
+from .durable import write_file_atomically
+from .files import BETS_FILE, WINNERS_FILE
 
 WINNING_NUMBER = 7574
 CHUNK_SIZE = 1 << 20

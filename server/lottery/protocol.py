@@ -1,18 +1,20 @@
-"""The wire protocol: frame layout, message dataclasses, encoders, decoders and bet validation.
+"""The wire protocol: frame layout, message dataclasses, their encoders and decoders.
 
-This module owns the bytes; docs/protocol.md specifies them and testdata/protocol_vectors.json
-pins them. Nothing here touches a socket: `read_frame` takes any exact-read callable, and the
-server's non-blocking handlers use `parse_header` on their own buffers.
+This module owns the bytes of every frame; docs/protocol.md specifies them and
+testdata/protocol_vectors.json pins them. The rules of a bet line live in bets.py. Nothing here
+touches a socket: the central's connections parse headers with `parse_header` on their own
+buffers and hand whole payloads to `decode_payload`.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Union
+
+from .bets import InvalidBatch, validate_bets
 
 VERSION = 2
 HEADER = struct.Struct(">BBI")
@@ -30,7 +32,6 @@ _WINNERS_HEAD = struct.Struct(">IBH")  # agency, last, count
 _ERROR_HEAD = struct.Struct(">HI")  # code, position
 BET_HEADER_SIZE = BET_HEAD.size  # 14
 MAX_BETS_BYTES = MAX_PAYLOAD - BET_HEADER_SIZE  # 8172
-MAX_NAME_BYTES = 100
 WINNERS_HEADER_SIZE = _WINNERS_HEAD.size  # 7
 
 
@@ -88,9 +89,6 @@ class ProtocolError(Exception):
         self.reason = reason
         self.position = position
 
-
-class TruncatedFrame(Exception):
-    """The peer closed the connection in the middle of a frame."""
 
 
 # --- messages -------------------------------------------------------------------------------
@@ -191,129 +189,6 @@ def chain(lines: bytes, previous: int = 0) -> int:
     return zlib.crc32(lines, previous)
 
 
-# --- bet validation -------------------------------------------------------------------------
-#
-# A bet line is one RFC 4180 record of five fields. A name may hold any UTF-8 text without a
-# control character; it is written quoted ("..." with every " doubled) exactly when it holds a
-# comma or a double quote, and as is otherwise, so every bet has exactly one encoding (its chain
-# and its bets.csv line follow from it). Documents, dates and numbers are never quoted.
-
-_PLAIN_NAME = rb'[^,"\x00-\x1f\x7f]{1,100}'
-_DIGITS = rb"[0-9]{1,10}"
-# Month-aware day ranges; 02-29 is accepted here and checked for leap years separately.
-_DATE = (
-    rb"(?!0000)[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
-    rb"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
-    rb"|02-(?:0[1-9]|1[0-9]|2[0-9]))"
-)
-# The common case, a batch without any quoted name, is checked whole by one regular expression.
-_PLAIN_LINE = _PLAIN_NAME + b"," + _PLAIN_NAME + b"," + _DIGITS + b"," + _DATE + b"," + _DIGITS + b"\n"
-_PLAIN_LINES_RE = re.compile(b"(?:" + _PLAIN_LINE + b")+")
-_C1_RE = re.compile(rb"\xc2[\x80-\x9f]")  # U+0080..U+009F, the C1 control characters, in UTF-8
-_FEB29_RE = re.compile(rb",([0-9]{4})-02-29,")
-_NAME_RE = re.compile(rb'[^\x00-\x1f\x7f]{1,100}')
-_DIGITS_RE = re.compile(_DIGITS)
-_DATE_RE = re.compile(_DATE)
-_FIELD_RE = re.compile(rb'"((?:[^"]|"")*)"|([^,"]*)')  # one field: quoted, or plain
-FIELD_NAMES = ("first_name", "last_name", "document", "birthdate", "number")
-
-
-def _is_leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-
-
-def split_record(line: bytes) -> list[tuple[bytes, bool]] | None:
-    """The fields of one RFC 4180 record (without its line end) as (value, was quoted); None
-    when its quoting is broken (an unclosed quote, a quote inside a plain field, text after a
-    closing quote)."""
-    fields: list[tuple[bytes, bool]] = []
-    position = 0
-    while True:
-        match = _FIELD_RE.match(line, position)
-        assert match is not None  # the plain alternative matches the empty string
-        quoted = match.group(1) is not None
-        fields.append((match.group(1).replace(b'""', b'"') if quoted else match.group(2), quoted))
-        position = match.end()
-        if position == len(line):
-            return fields
-        if line[position] != 0x2C:  # ","
-            return None
-        position += 1
-
-
-def _name_error(value: bytes, quoted: bool) -> bool:
-    """Whether a name breaks its rules: 1 to 100 bytes, no control character, quoted exactly
-    when it holds a comma or a double quote."""
-    if not _NAME_RE.fullmatch(value) or _C1_RE.search(value):
-        return True
-    return quoted != (b"," in value or b'"' in value)
-
-
-def bet_line_error(line: bytes) -> str | None:
-    """Why one bet line (without its newline) is invalid, or None if it is valid."""
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not UTF-8"
-    fields = split_record(line)
-    if fields is None:
-        return "quoting"
-    if len(fields) != len(FIELD_NAMES):
-        return f"{len(fields)} fields, want {len(FIELD_NAMES)}"
-    for name, (value, quoted) in zip(FIELD_NAMES[:2], fields[:2]):
-        if _name_error(value, quoted):
-            return name
-    for name, pattern, (value, quoted) in zip(FIELD_NAMES[2:], (_DIGITS_RE, _DATE_RE, _DIGITS_RE), fields[2:]):
-        if quoted or not pattern.fullmatch(value):
-            return name
-    year, month, day = fields[3][0].split(b"-")
-    if month == b"02" and day == b"29" and not _is_leap(int(year)):
-        return "birthdate"
-    return None
-
-
-def validate_bets(bets: bytes, count: int) -> None:
-    """Raise ProtocolError unless `bets` is exactly `count` valid bet lines.
-
-    The fast path checks a whole batch without quotes with one compiled regular expression; a
-    batch with a quoted name, or one that fails it, is checked line by line.
-    """
-    lines = bets.count(b"\n")
-    if not bets.endswith(b"\n"):
-        raise ProtocolError(ErrorCode.MALFORMED, "the batch does not end with a newline")
-    if lines != count:
-        raise ProtocolError(ErrorCode.MALFORMED, f"count is {count} but the batch has {lines} lines")
-    try:
-        bets.decode("utf-8")
-        valid = (
-            b'"' not in bets
-            and _PLAIN_LINES_RE.fullmatch(bets) is not None
-            and (b"\xc2" not in bets or _C1_RE.search(bets) is None)  # memchr first: C1 is rare
-            and (
-                b"-02-29," not in bets  # a plain substring search spares the regex almost always
-                or all(_is_leap(int(m.group(1))) for m in _FEB29_RE.finditer(bets))
-            )
-        )
-    except UnicodeDecodeError:
-        valid = False
-    if valid:
-        return
-    for number, line in enumerate(bets.split(b"\n")[:count], start=1):
-        reason = bet_line_error(line)
-        if reason is not None:
-            raise ProtocolError(ErrorCode.INVALID_BET, f"bet {number}: {reason}")
-
-
-def bet_line(fields: tuple[str, str, str, str, str]) -> bytes:
-    """The canonical bet line (with its newline) of five field values."""
-    out = []
-    for value in fields:
-        if "," in value or '"' in value:
-            value = '"' + value.replace('"', '""') + '"'
-        out.append(value)
-    return (",".join(out) + "\n").encode("utf-8")
-
-
 # --- encoding -------------------------------------------------------------------------------
 
 
@@ -322,11 +197,6 @@ def frame(msg_type: MsgType, payload: bytes) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return HEADER.pack(VERSION, msg_type, len(payload)) + payload
-
-
-def bet_lines(bets: list[tuple[str, str, str, str, str]]) -> bytes:
-    """The `lines` block of a BET from (first, last, document, birthdate, number) tuples."""
-    return b"".join(bet_line(bet) for bet in bets)
 
 
 def encode(msg: Message) -> bytes:
@@ -426,9 +296,9 @@ def decode_payload(msg_type: int, payload: bytes) -> Message:
         bets = bytes(payload[BET_HEADER_SIZE:])
         try:
             validate_bets(bets, count)
-        except ProtocolError as err:
-            err.position = first
-            raise
+        except InvalidBatch as err:
+            code = ErrorCode.MALFORMED if err.malformed else ErrorCode.INVALID_BET
+            raise ProtocolError(code, err.reason, first) from None
         return Bet(agency, first, count, previous, bets)
     if msg_type == MsgType.ACK:
         agency, stored = _fixed(payload, _PAIR, "ACK")
@@ -469,8 +339,3 @@ def decode_payload(msg_type: int, payload: bytes) -> Message:
         return Error(code, position, reason)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {msg_type}")
 
-
-def read_frame(read_exact: Callable[[int], bytes]) -> Message:
-    """Read one message with `read_exact(n)`, which returns exactly n bytes or raises."""
-    msg_type, length = parse_header(read_exact(HEADER_SIZE))
-    return decode_payload(msg_type, read_exact(length) if length else b"")

@@ -1,34 +1,34 @@
-"""The supervisor: owns the storage's instance lock, the listening sockets, the worker table, the
-signals, the draw and the journal's checkpoints.
+"""The supervisor: owns the storage's instance lock, the listening sockets, the shared board,
+the table of workers and the signals; runs the barrier, the draw and the checkpoints (barrier.py)
+and the stall watch (stall.py).
 
-Process model (gunicorn's arbiter): the supervisor takes the storage's instance lock, recovers
-the storage, binds the listening sockets (the agencies' mutual-TLS port and the plaintext health
-port) and forks `config.workers` workers (plain ``os.fork``; a child never returns into this
-code), handing them the TLS context built at start. Every worker accepts on the shared listening
-sockets and does its own TLS handshakes, so the supervisor never handles a connection, and
-nothing it sends or receives can block: its channels to the workers carry droppable nudges only.
-A worker's nudge (a FIN, a new session) is passed on to every worker: each re-checks the draw and
-its sessions.
+Process model (gunicorn's arbiter): the supervisor takes the instance lock, recovers the storage,
+binds the listening sockets (the agencies' mutual-TLS port and the plaintext health port), creates
+the shared board and forks `config.workers` workers (plain ``os.fork``; a child never returns into
+this code), handing them the TLS context built at start. Every worker accepts on the shared
+listening sockets and does its own TLS handshakes, so the supervisor never handles a connection.
 
-The draw barrier is a condition on the journal, not a message: whenever the journal may have
-changed (a worker's nudge, or a changed size or inode seen on the periodic tick) the supervisor
-folds it in, and once every agency 1..AGENCIES has a FIN it syncs the storage, draws, and nudges
-the workers. A lost nudge or a worker killed after appending a FIN only delays the draw by a tick.
+**Nothing waits on another process.** The channels to the workers carry droppable nudges only
+(channel.py); the append lock is only ever tried, never waited for; children are reaped with
+WNOHANG. Its loop therefore stays responsive to signals, children and its tick whatever a worker
+does: a worker that holds the append lock longer than STALL_TIMEOUT is killed, and one that does
+not leave after SIGTERM is killed at the SHUTDOWN_TIMEOUT deadline.
 
-Faults: a worker that exits with EXIT_SYNC_FAILED (an fsync failed) and a failed fsync of the
-supervisor's own (draw, checkpoint) stop the whole central at once: the workers are killed
-before they can answer anything more, and the exit code is EXIT_SYNC_FAILED (fail-stop; the next
-start recovers from what is on disk). A worker that dies otherwise is replaced.
+Faults: a worker that exits with EXIT_STORAGE_FAILED (an fsync failed, damaged files), and a
+failed fsync of the supervisor's own (draw, checkpoint), stop the whole central at once: the
+workers are killed before they can answer anything more, and the exit code is
+EXIT_STORAGE_FAILED (fail-stop; the next start recovers from what is on disk). A worker that dies
+otherwise is replaced (after RESPAWN_DELAY if it died right after starting).
 
 Signal handlers only record the signal in an inbox; the main loop acts. Shutdown order: stop
 listening, SIGTERM the workers (each answers its connections with SHUTTING_DOWN and closes
-them), reap until a monotonic deadline, SIGKILL stragglers, reap again, close the channels, the
-storage and the instance lock, exit 0. A second SIGTERM/SIGINT cuts the grace period short.
+them), reap until a monotonic deadline, SIGKILL stragglers, reap them (bounded), close the
+channels, the storage and the instance lock, exit 0. A second SIGTERM/SIGINT cuts the grace
+period short.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import selectors
@@ -38,19 +38,26 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from . import draw, sessions, storage
+from .barrier import Barrier
+from .board import Board
+from .channel import EXIT_OK, EXIT_STORAGE_FAILED, Listeners, channel_pair, drain_nudges, nudge
 from .config import ServerConfig
-from .storage import SyncFailed, WriteFailed
+from .durable import SyncFailed
+from .locks import InstanceLock
+from .recovery import recover
+from .signals import SignalInbox, describe_status
+from .stall import StallWatch
+from .storage import Storage
 from .wakeup import WakeupPipe
-from .worker import EXIT_SYNC_FAILED, Listeners, drain_nudges, nudge, run_worker
+from .worker import run_worker
 
 log = logging.getLogger(__name__)
 
 # A worker that dies sooner than this after its start is replaced only after this delay, so a
 # worker that cannot start does not make the supervisor fork in a loop.
 RESPAWN_DELAY = 1.0
-TICK = 0.5  # seconds between re-checks of the barrier and of the journal's size
-COMPACT_BYTES = 1 << 20  # a journal past this size is rewritten as a checkpoint
+TICK = 0.5  # seconds between re-checks of the barrier, the journal's size and the append lock
+KILL_GRACE = 2.0  # seconds SIGKILLed workers get to be reaped before the supervisor exits anyway
 
 
 @dataclass(eq=False)
@@ -59,33 +66,6 @@ class WorkerSlot:
     pid: int
     channel: socket.socket
     started: float
-
-
-class SignalInbox:
-    """Where signal handlers record signals, to be taken by the main loop.
-
-    The handler only appends to a deque and the loop only pops from it, so a signal that
-    arrives while the loop is taking the others is never lost (no list is ever rebound)."""
-
-    def __init__(self) -> None:
-        self._signals: collections.deque[int] = collections.deque()
-
-    def record(self, signum: int, frame: object = None) -> None:
-        self._signals.append(signum)
-
-    def take(self) -> list[int]:
-        taken = []
-        while self._signals:
-            taken.append(self._signals.popleft())
-        return taken
-
-
-def describe_status(status: int) -> str:
-    """A wait status in words: 'exit code 0', 'killed by SIGKILL'."""
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
 
 
 class FailStop(Exception):
@@ -101,23 +81,23 @@ class Supervisor:
         self.listeners: Listeners | None = None
         self.inbox = SignalInbox()
         self.stopping = False
-        self.instance: storage.InstanceLock | None = None
-        self.storage: storage.Storage | None = None
-        self.drawn = False
-        self.barrier_seen: tuple[int, int] | None = None  # journal (inode, size) last evaluated
+        self.instance: InstanceLock | None = None
+        self.storage: Storage | None = None
+        self.board = Board(config.agencies)
         self.respawns: dict[int, float] = {}  # worker index -> when to start its replacement
         self.wakeup = WakeupPipe()
 
     # --- start --------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT (0) or a storage failure (EXIT_SYNC_FAILED). Raises
+        """Run until SIGTERM/SIGINT (EXIT_OK) or a storage failure (EXIT_STORAGE_FAILED). Raises
         StorageInUse, RoundMismatch, StorageError or OSError if the central cannot start."""
         directory = self.config.storage_dir
-        self.instance = storage.InstanceLock(directory)  # before anything touches the files
-        report = storage.recover(directory, self.config.agencies)
-        self.storage = storage.Storage(directory)
-        self.drawn = draw.draw_done(directory)
+        self.instance = InstanceLock(directory)  # before anything touches the files
+        report = recover(directory, self.config.agencies)
+        self.storage = Storage(directory, self.board, 0)
+        barrier = Barrier(self.config, self.storage)
+        stall = StallWatch(self.storage.lock, self.board, self.config.stall_timeout)
         log.info(
             "action: storage_recovery | result: success | batches: %d | fins: %d | bets_bytes: %d"
             " | journal_bytes: %d | cut_bets_bytes: %d | cut_journal_bytes: %d | draw: %s",
@@ -127,9 +107,8 @@ class Supervisor:
             report.journal_bytes,
             report.cut_bets_bytes,
             report.cut_journal_bytes,
-            "done" if self.drawn else "pending",
+            "done" if barrier.drawn else "pending",
         )
-        sessions.reset(directory, self.config.agencies)
         self._install_signals()
         health = self._listen(self.config.health_port)
         log.info(
@@ -144,12 +123,13 @@ class Supervisor:
             self.config.ip,
             self.config.port,
         )
-        self.selector.register(self.wakeup, selectors.EVENT_READ, "wake")
+        self.selector.register(self.wakeup, selectors.EVENT_READ, None)
         try:
-            self._checkpoint_if_large()  # before the workers fold the journal
+            barrier.announce_if_needed()
+            barrier.checkpoint_if_large()  # before the workers fold the journal
             for index in range(1, self.config.workers + 1):
                 self._spawn(index)
-            self._draw_if_ready(force=True)
+            self._draw(barrier, force=True)
             next_tick = time.monotonic() + TICK
             while not self.stopping:
                 timeout = max(0.0, next_tick - time.monotonic())
@@ -157,7 +137,7 @@ class Supervisor:
                     timeout = min(timeout, 0.1)
                 nudged = False
                 for key, _ in self.selector.select(timeout=timeout):
-                    if key.data == "wake":
+                    if key.data is None:
                         self.wakeup.drain()
                     else:
                         nudged = self._on_worker_nudge(key.data) or nudged
@@ -166,11 +146,12 @@ class Supervisor:
                 self._respawn_due()
                 now = time.monotonic()
                 if nudged or now >= next_tick:
-                    self._draw_if_ready(force=nudged)
+                    self._draw(barrier, force=nudged)
                 if now >= next_tick:
-                    self._checkpoint_if_large()
+                    barrier.checkpoint_if_large()
+                    self._kill_stalled(stall)
                     next_tick = now + TICK
-        except FailStop as err:
+        except (FailStop, SyncFailed) as err:
             return self._fail_stop(str(err))
         return self._shutdown()
 
@@ -194,7 +175,7 @@ class Supervisor:
     # --- workers ------------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> None:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_end, child_end = channel_pair()
         pid = os.fork()
         if pid == 0:  # the child never returns into the supervisor's code
             code = 1
@@ -202,13 +183,12 @@ class Supervisor:
                 parent_end.close()
                 self._close_inherited()
                 assert self.listeners is not None
-                code = run_worker(index, self.listeners, child_end, self.config, self.tls)
+                code = run_worker(index, self.listeners, child_end, self.config, self.tls, self.board)
             except BaseException:
                 log.exception("action: worker_exit | result: fail | worker: %d", index)
             finally:
                 os._exit(code)
         child_end.close()
-        parent_end.setblocking(False)
         slot = WorkerSlot(index, pid, parent_end, time.monotonic())
         self.slots[pid] = slot
         self.selector.register(parent_end, selectors.EVENT_READ, slot)
@@ -217,8 +197,8 @@ class Supervisor:
     def _close_inherited(self) -> None:
         """In a new child: drop the supervisor's pipes, signals, channels and storage handle.
 
-        The listening sockets are kept (the worker accepts on them), and so is the instance lock's
-        descriptor: the lock then lasts as long as any process of this central."""
+        The listening sockets are kept (the worker accepts on them), and so are the board and the
+        instance lock's descriptor: the lock then lasts as long as any process of this central."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         self.wakeup.close()
@@ -261,8 +241,8 @@ class Supervisor:
                 describe_status(status),
             )
             self._close_channel(slot)
-            if code == EXIT_SYNC_FAILED:
-                raise FailStop(f"worker {slot.index} could not sync the storage")
+            if code == EXIT_STORAGE_FAILED:
+                raise FailStop(f"worker {slot.index} could not use the storage")
             if not self.stopping:  # its connections are lost; those agencies reconnect
                 early = time.monotonic() - slot.started < RESPAWN_DELAY
                 self.respawns[slot.index] = time.monotonic() + (RESPAWN_DELAY if early else 0.0)
@@ -284,63 +264,40 @@ class Supervisor:
                 del self.respawns[index]
                 self._spawn(index)
 
-    # --- the barrier, the draw and the checkpoint ---------------------------------------------
+    def _kill_stalled(self, stall: StallWatch) -> None:
+        """Kill a worker that has held the append lock longer than STALL_TIMEOUT."""
+        found = stall.check({pid: slot.index for pid, slot in self.slots.items()})
+        if found is None:
+            return
+        log.error(
+            "action: worker_stall | result: fail | worker: %d | pid: %d | held_seconds: %.1f | reason: it has held"
+            " the append lock longer than STALL_TIMEOUT (%gs), stopped or hung; killing it",
+            found.worker,
+            found.pid,
+            found.seconds,
+            self.config.stall_timeout,
+        )
+        self._signal_worker(self.slots[found.pid], signal.SIGKILL)
 
-    def _draw_if_ready(self, force: bool = False) -> None:
-        """Draw once every agency has a durable FIN; checked whenever the journal may have changed."""
-        assert self.storage is not None
-        if self.drawn:
-            return
-        identity = self.storage.journal_identity()
-        if identity == self.barrier_seen and not force:
-            return
-        self.barrier_seen = identity
-        view = self.storage.refresh()
-        finished = view.finished(self.config.agencies)
-        if finished < self.config.agencies:
-            return
-        try:
-            self.storage.sync()  # a FIN appended by a worker that died before its sync is made durable
-            winners = draw.run_draw(self.config.storage_dir, view.bets_end)
-        except SyncFailed as err:
-            raise FailStop(f"draw: {err}") from err
-        except (OSError, WriteFailed) as err:  # e.g. a full disk: retried on the next tick
-            log.error("action: sorteo | result: fail | error: %s", err)
-            self.barrier_seen = None
-            return
-        self.drawn = True
-        log.info("action: sorteo | result: success")
-        log.info("action: draw_result | result: success | winners: %d | agencies: %d", winners, finished)
-        for slot in self.slots.values():
-            nudge(slot.channel)  # a worker that misses it finds the result on its own tick
+    # --- the draw -----------------------------------------------------------------------------
 
-    def _checkpoint_if_large(self) -> None:
-        """Rewrite the journal as a checkpoint once it passes COMPACT_BYTES: restart time and every
-        worker's start then read a bounded journal, whatever the number of batches stored."""
-        assert self.storage is not None
-        if self.storage.journal_identity()[1] < COMPACT_BYTES:
-            return
-        try:
-            before, after = self.storage.compact()
-        except SyncFailed as err:
-            raise FailStop(f"checkpoint: {err}") from err
-        except (OSError, WriteFailed) as err:  # e.g. a full disk: the journal stays as it is
-            log.warning("action: checkpoint | result: fail | error: %s", err)
-            return
-        log.info("action: checkpoint | result: success | journal_bytes_before: %d | journal_bytes: %d", before, after)
+    def _draw(self, barrier: Barrier, force: bool) -> None:
+        if barrier.check(force):
+            for slot in self.slots.values():
+                nudge(slot.channel)  # a worker that misses it finds the result on its own tick
 
     # --- shutdown -----------------------------------------------------------------------------
 
     def _fail_stop(self, reason: str) -> int:
-        """Stop now, answering nothing more: kill the workers, close, exit EXIT_SYNC_FAILED."""
+        """Stop now, answering nothing more: kill the workers, close, exit EXIT_STORAGE_FAILED."""
         log.critical("action: storage_sync | result: fail | reason: %s | action_taken: stopping the central", reason)
         self.stopping = True
         for slot in list(self.slots.values()):
             self._signal_worker(slot, signal.SIGKILL)
-        self._reap_all()
+        self._reap_killed()
         self._close_all()
         log.error("action: exit | result: fail | reason: storage failure (fail-stop); recovery runs at the next start")
-        return EXIT_SYNC_FAILED
+        return EXIT_STORAGE_FAILED
 
     def _shutdown(self) -> int:
         self._close_listener()
@@ -360,30 +317,40 @@ class Supervisor:
         for slot in list(self.slots.values()):
             log.warning("action: stop_worker | result: in_progress | worker: %d | signal: SIGKILL", slot.index)
             self._signal_worker(slot, signal.SIGKILL)
-        self._reap_all()
+        self._reap_killed()
         self._close_all()
         log.info("action: exit | result: success")
-        return 0
+        return EXIT_OK
 
     def _close_listener(self) -> None:
         if self.listeners is not None:
-            self.listeners.agencies.close()
-            self.listeners.health.close()
+            self.listeners.close()
             self.listeners = None
             log.info("action: close_listener | result: success")
 
-    def _reap_all(self) -> None:
-        """Wait for every remaining worker (each has been sent SIGKILL or is exiting)."""
-        while self.slots:
-            pid, status = os.waitpid(next(iter(self.slots)), 0)
-            slot = self.slots.pop(pid)
-            log.info(
-                "action: worker_exit | result: success | worker: %d | pid: %d | status: %s",
-                slot.index,
-                pid,
-                describe_status(status),
-            )
+    def _reap_killed(self) -> None:
+        """Reap the workers sent SIGKILL, for at most KILL_GRACE seconds (a process in an
+        uninterruptible sleep, on a hung disk, dies only when the disk answers)."""
+        deadline = time.monotonic() + KILL_GRACE
+        while self.slots and time.monotonic() < deadline:
+            for pid in list(self.slots):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    slot = self.slots.pop(pid)
+                    log.info(
+                        "action: worker_exit | result: success | worker: %d | pid: %d | status: %s",
+                        slot.index,
+                        pid,
+                        describe_status(status),
+                    )
+                    self._close_channel(slot)
+            if self.slots:
+                time.sleep(0.01)
+        for slot in list(self.slots.values()):
+            log.error("action: worker_exit | result: fail | worker: %d | pid: %d | status: still running after"
+                      " SIGKILL (an uninterruptible sleep); leaving it", slot.index, slot.pid)
             self._close_channel(slot)
+        self.slots.clear()
 
     def _close_all(self) -> None:
         self._close_listener()
@@ -393,6 +360,7 @@ class Supervisor:
             log.info("action: close_storage | result: success")
         if self.instance is not None:
             self.instance.close()
+        self.board.close()
         self.wakeup.close()
 
     def _signal_worker(self, slot: WorkerSlot, signum: signal.Signals) -> None:
@@ -401,3 +369,4 @@ class Supervisor:
             log.info("action: stop_worker | result: success | worker: %d | signal: %s", slot.index, signum.name)
         except ProcessLookupError:
             pass
+

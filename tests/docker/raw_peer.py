@@ -29,6 +29,7 @@ It imports the server's protocol module, mounted at /server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -37,6 +38,7 @@ import time
 
 sys.path.insert(0, "/server")
 from lottery import protocol  # noqa: E402
+from lottery.bets import bet_line  # noqa: E402
 from lottery.protocol import ErrorCode  # noqa: E402
 
 TLS_DIR = os.environ.get("RAW_PEER_TLS", "/tls")
@@ -77,7 +79,8 @@ def receive(sock: socket.socket) -> protocol.Message:
             data += chunk
         return bytes(data)
 
-    return protocol.read_frame(read_exact)
+    msg_type, length = protocol.parse_header(read_exact(protocol.HEADER_SIZE))
+    return protocol.decode_payload(msg_type, read_exact(length) if length else b"")
 
 
 def closed(sock: socket.socket, within: float = 15) -> tuple[bool, bytes]:
@@ -92,7 +95,7 @@ def closed(sock: socket.socket, within: float = 15) -> tuple[bool, bytes]:
             data += chunk
     except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
         return True, data  # ssl.SSLError: the alert the server sent before closing
-    except socket.timeout:
+    except TimeoutError:
         return False, data
 
 
@@ -127,7 +130,7 @@ def hello(sock: socket.socket, agency: int) -> protocol.Message:
 def agency_session(host: str, port: int, agency: int) -> None:
     sock = connect(host, port)
     check(hello(sock, agency) == protocol.Resume(agency, 0, 0, False), "HELLO answered: nothing stored yet")
-    bets = protocol.bet_lines([("Íñigo, hijo", "Ñúñez", "39000001", "1990-01-01", "7574"),
+    bets = b"".join(bet_line(row) for row in [("Íñigo, hijo", "Ñúñez", "39000001", "1990-01-01", "7574"),
                                ('Zoe "la Tana"', "O'Paz", "39000002", "2000-02-29", "1")])
     check(bets.startswith('"Íñigo, hijo",Ñúñez,'.encode()), "a name with a comma is quoted")
     first = protocol.Bet(agency, 1, 2, 0, bets)
@@ -263,10 +266,8 @@ class HalfClosingTLS:
 
     def end_stream(self) -> None:
         """close_notify: no more bytes from this side; the read side stays open."""
-        try:
+        with contextlib.suppress(ssl.SSLWantReadError):  # the central's close_notify has not come yet; it need not
             self.tls.unwrap()
-        except ssl.SSLWantReadError:
-            pass  # the central's close_notify has not come yet; it need not
         self._flush()
 
     def read_to_end(self) -> bytes:
@@ -290,7 +291,7 @@ def truncated_frame(host: str, port: int, cut: bytes) -> None:
     peer.end_stream()  # the stream ends mid-frame
     try:
         answer = peer.read_to_end()
-    except socket.timeout:
+    except TimeoutError:
         check(False, "a truncated frame is closed: the central did not close within 15 s")
     check(answer == b"", f"a truncated frame is closed without an answer (got {answer[:32].hex() or 'nothing'})")
     peer.sock.close()

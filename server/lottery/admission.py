@@ -1,0 +1,262 @@
+"""Admission: who gets in, and who must leave (accepting, the handshake budget and deadline, the
+TLS handshake, the agency's identity, one live session per agency).
+
+Each worker accepts on the listening sockets it inherited (gunicorn's model), one connection per
+loop turn, so the workers share a burst. It serves up to WORKER_CONNECTIONS authenticated sessions
+and stops watching the agencies' port while full: the rest wait in the kernel's backlog. Running
+out of descriptors or memory in `accept` pauses accepting for ACCEPT_PAUSE instead of spinning.
+
+Connections that have not authenticated (TLS handshakes, health checks) have their own budget,
+HANDSHAKE_BUDGET, and a deadline, HANDSHAKE_TIMEOUT: when the budget is full the oldest of them is
+closed, so idle, dripping or garbage connections can never keep an agency out or take its slot.
+
+On the agencies' port every connection is mutual TLS 1.3, its handshake stepped in the worker's
+non-blocking loop; the agency's identity is the verified certificate's ``agency-<N>`` (never what
+it writes). At most one session per agency lives at a time: an authenticated session claims its
+agency on the shared board, and every older session of the agency, in whichever worker, closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from . import transport
+from .board import Board
+from .channel import Listeners
+from .config import ServerConfig
+from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+ACCEPT_PAUSE = 0.5  # seconds without accepting after accept ran out of descriptors or memory
+# accept errors that concern one connection that vanished: try the next one at once
+_TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+
+# Readable names for the TLS errors an unwelcome peer causes most often.
+_TLS_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate",
+    "WRONG_VERSION_NUMBER": "not a TLS ClientHello (plaintext or garbage)",
+    "HTTP_REQUEST": "not a TLS ClientHello (an HTTP request)",
+    "UNSUPPORTED_PROTOCOL": "not TLS 1.3",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "not TLS 1.3",
+}
+
+
+def tls_failure(err: Exception) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"certificate refused: {err.verify_message}"
+    if isinstance(err, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return "the peer closed during the handshake"
+    if isinstance(err, ssl.SSLError):
+        reason = err.reason or str(err)
+        return f"{_TLS_REASONS.get(reason, 'TLS error')} ({reason})"
+    return f"connection error: {getattr(err, 'strerror', None) or err}"
+
+
+class Loop(Protocol):
+    """What admission asks of the worker's loop."""
+
+    def watch(self, listener: socket.socket, callback: Callable[[int], None]) -> None: ...
+    def unwatch(self, listener: socket.socket) -> None: ...
+    def add(self, conn: Connection) -> None: ...
+    def set_events(self, conn: Connection, events: int) -> None: ...
+    def close(self, conn: Connection, reason: str) -> None: ...
+    def nudge(self) -> None: ...
+
+
+class Admission:
+    def __init__(
+        self, index: int, listeners: Listeners, config: ServerConfig, tls: ssl.SSLContext, board: Board, loop: Loop
+    ) -> None:
+        self.index = index
+        self.listeners = listeners
+        self.config = config
+        self.tls = tls
+        self.board = board
+        self.loop = loop
+        self.unauthenticated: dict[Connection, None] = {}  # oldest first: handshakes, health checks
+        self.sessions: set[Connection] = set()  # authenticated, open
+        self.watching: set[socket.socket] = set()
+        self.paused_until = 0.0
+        self.stopped = False
+
+    # --- accepting ----------------------------------------------------------------------------
+
+    def update_accepting(self) -> None:
+        """Watch the agencies' port while there is room for a session, the health port always;
+        neither while accepting is paused or stopped."""
+        open_for_all = not self.stopped and time.monotonic() >= self.paused_until
+        room = len(self.sessions) < self.config.worker_connections
+        agencies, health = self.listeners.agencies, self.listeners.health
+        if open_for_all and room:
+            self._watch(agencies, lambda mask: self.accept(agencies, health=False))
+        else:
+            if agencies in self.watching and not room:
+                log.warning(
+                    "action: accept | result: in_progress | worker: %d | connections: %d"
+                    " | reason: every connection slot is taken, new connections wait in the backlog",
+                    self.index,
+                    len(self.sessions),
+                )
+            self._unwatch(agencies)
+        if open_for_all:
+            self._watch(health, lambda mask: self.accept(health, health=True))
+        else:
+            self._unwatch(health)
+
+    def stop(self) -> None:
+        """Accept nothing more (shutdown)."""
+        self.stopped = True
+        for listener in list(self.watching):
+            self._unwatch(listener)
+
+    def _watch(self, listener: socket.socket, callback: Callable[[int], None]) -> None:
+        if listener not in self.watching:
+            self.loop.watch(listener, callback)
+            self.watching.add(listener)
+
+    def _unwatch(self, listener: socket.socket) -> None:
+        if listener in self.watching:
+            self.loop.unwatch(listener)
+            self.watching.discard(listener)
+
+    def accept(self, listener: socket.socket, health: bool) -> None:
+        """Accept one connection (the other workers get their turn at the next ones)."""
+        while True:
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno in _TRANSIENT_ACCEPT:
+                    log.info("action: accept | result: fail | worker: %d | error: %s", self.index, err)
+                    continue
+                # Out of descriptors or memory: the listener stays readable, so back off instead
+                # of spinning; connections wait in the backlog meanwhile.
+                log.error(
+                    "action: accept | result: fail | worker: %d | error: %s | reason: pausing accept for %gs",
+                    self.index,
+                    err,
+                    ACCEPT_PAUSE,
+                )
+                self.paused_until = time.monotonic() + ACCEPT_PAUSE
+                self.update_accepting()
+                return
+            break
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # the peer is already gone; the first read will say so
+        peer = f"{address[0]}:{address[1]}"
+        if len(self.unauthenticated) >= self.config.handshake_budget:
+            oldest = next(iter(self.unauthenticated))
+            log.warning(
+                "action: handshake | result: fail | peer: %s | reason: closed for a newer connection: %d connections"
+                " of worker %d had not authenticated (HANDSHAKE_BUDGET)",
+                oldest.peer,
+                len(self.unauthenticated),
+                self.index,
+            )
+            self.loop.close(oldest, "evicted before authenticating")
+        if not health:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        conn = Connection(sock, peer, health)
+        self.unauthenticated[conn] = None
+        self.loop.add(conn)
+        # Health checks come every few seconds: their routine lines are DEBUG, their refusals are not.
+        log.log(
+            logging.DEBUG if health else logging.INFO,
+            "action: accept | result: success | peer: %s | worker: %d | port: %s",
+            peer,
+            self.index,
+            "health" if health else "agencies",
+        )
+        self.update_accepting()
+
+    # --- authenticating -----------------------------------------------------------------------
+
+    def authenticated(self, conn: Connection) -> bool:
+        """Whether `conn` may exchange messages: a health check, or a finished TLS handshake."""
+        return conn.session.health or conn.session.agency is not None
+
+    def handshake(self, conn: Connection) -> bool:
+        """One step of the TLS handshake; True once the connection is an authenticated session."""
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.loop.set_events(conn, selectors.EVENT_READ)
+            return False
+        except ssl.SSLWantWriteError:
+            self.loop.set_events(conn, selectors.EVENT_WRITE)
+            return False
+        except (ssl.SSLError, OSError) as err:
+            log.warning("action: handshake | result: fail | peer: %s | reason: %s", conn.peer, tls_failure(err))
+            self.loop.close(conn, "TLS handshake failed")
+            return False
+        certificate = conn.sock.getpeercert()
+        agency = transport.agency_of(certificate)
+        if agency is None or not 1 <= agency <= self.config.agencies:
+            log.warning(
+                "action: handshake | result: fail | peer: %s | reason: the certificate (subject %s) is not agency-N"
+                " with N in 1..%d",
+                conn.peer,
+                (certificate or {}).get("subject", ()),
+                self.config.agencies,
+            )
+            self.loop.close(conn, "not an agency of this round")
+            return False
+        session = conn.session
+        session.agency = agency
+        session.token = self.board.claim(agency)
+        conn.last_active = time.monotonic()
+        del self.unauthenticated[conn]
+        self.sessions.add(conn)
+        log.info("action: handshake | result: success | peer: %s | agency: %d | worker: %d", conn.peer, agency, self.index)
+        self.check_sessions()  # an older session of the agency in this worker
+        self.loop.nudge()  # the other workers drop theirs
+        self.update_accepting()
+        self.loop.set_events(conn, selectors.EVENT_READ)
+        return True
+
+    def forget(self, conn: Connection) -> None:
+        """`conn` was closed."""
+        self.unauthenticated.pop(conn, None)
+        self.sessions.discard(conn)
+
+    # --- leaving ------------------------------------------------------------------------------
+
+    def check_sessions(self) -> None:
+        """Close every session a newer session of its agency superseded."""
+        for conn in list(self.sessions):
+            session = conn.session
+            if session.agency is not None and not self.board.current(session.agency, session.token):
+                log.info(
+                    "action: session | result: success | agency: %d | peer: %s | reason: superseded by a newer"
+                    " session of the agency",
+                    session.agency,
+                    conn.peer,
+                )
+                if session.held is not None:
+                    log.info("action: consulta_ganadores | result: fail | agency: %d | reason: superseded", session.held)
+                self.loop.close(conn, "superseded")
+
+    def sweep(self, now: float) -> None:
+        """Close the connections that did not authenticate within HANDSHAKE_TIMEOUT."""
+        for conn in list(self.unauthenticated):
+            if now - conn.accepted > self.config.handshake_timeout:
+                log.warning(
+                    "action: handshake | result: fail | peer: %s | reason: no %s within %gs (HANDSHAKE_TIMEOUT)",
+                    conn.peer,
+                    "health check" if conn.session.health else "TLS handshake",
+                    self.config.handshake_timeout,
+                )
+                self.loop.close(conn, "handshake timeout")

@@ -1,0 +1,102 @@
+"""The draw barrier, the draw's announcement and the journal's checkpoints: the supervisor's
+work on the storage (it is the only process that draws and checkpoints).
+
+**The barrier is a condition on the journal, not a message.** It is re-evaluated whenever the
+journal may have changed: a worker's nudge, or a changed size or inode seen on the supervisor's
+tick. When every agency 1..AGENCIES has a FIN and the round is not drawn, the storage is synced
+(a FIN appended by a worker killed before its own sync becomes durable here), then drawn
+(draw.py). A lost nudge or a killed worker only delays the draw by a tick. The supervisor never
+waits for the append lock: when another process holds it, the check is tried again next tick.
+
+**The draw is announced once per round, even across a crash.** `action: sorteo | result: success`
+is logged once the draw's result is durable, and then the empty file ``announced`` is created and
+synced. A central that starts on a drawn round without that file (it was killed between the draw
+and the announcement) announces it then; with the file, never again. (A crash in the instant
+between the line and the marker's sync would log it twice; the other order could never log it.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from . import draw
+from .config import ServerConfig
+from .durable import WriteFailed, sync_dir
+from .files import ANNOUNCED_FILE
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+COMPACT_BYTES = 1 << 20  # a journal past this size is rewritten as a checkpoint
+
+
+class Barrier:
+    def __init__(self, config: ServerConfig, storage: Storage) -> None:
+        self.config = config
+        self.storage = storage
+        self.drawn = draw.draw_done(config.storage_dir)
+        self.announced = (config.storage_dir / ANNOUNCED_FILE).exists()
+        self.seen: tuple[int, int] | None = None  # the journal's (inode, size) last evaluated
+
+    def announce_if_needed(self) -> None:
+        """At start: announce a draw that was made but never announced."""
+        if self.drawn and not self.announced:
+            winners = sum(len(documents) for documents in draw.load_winners(self.config.storage_dir).values())
+            self._announce(winners, self.config.agencies)
+
+    def check(self, force: bool = False) -> bool:
+        """Draw if every agency has a durable FIN; True if this call drew. Raises SyncFailed."""
+        if self.drawn:
+            if not self.announced:
+                self._mark_announced()  # the marker failed before: try again, without a second line
+            return False
+        identity = self.storage.journal_identity()
+        if identity == self.seen and not force:
+            return False
+        view = self.storage.try_refresh()
+        if view is None:
+            self.seen = None  # another process holds the lock: look again next tick
+            return False
+        self.seen = identity
+        finished = view.finished(self.config.agencies)
+        if finished < self.config.agencies:
+            return False
+        try:
+            self.storage.sync()  # a FIN appended by a worker that died before its sync is made durable
+            winners = draw.run_draw(self.config.storage_dir, view.bets_end)
+        except (OSError, WriteFailed) as err:  # e.g. a full disk: retried on the next tick
+            log.error("action: sorteo | result: fail | error: %s", err)
+            self.seen = None
+            return False
+        self.drawn = True
+        self._announce(winners, finished)
+        return True
+
+    def _announce(self, winners: int, agencies: int) -> None:
+        log.info("action: sorteo | result: success")
+        log.info("action: draw_result | result: success | winners: %d | agencies: %d", winners, agencies)
+        self._mark_announced()
+
+    def _mark_announced(self) -> None:
+        try:
+            os.close(os.open(self.config.storage_dir / ANNOUNCED_FILE, os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError as err:  # a full disk: tried again on the next tick
+            log.warning("action: sorteo_announced | result: fail | error: %s", err.strerror or err)
+            return
+        sync_dir(self.config.storage_dir)
+        self.announced = True
+
+    def checkpoint_if_large(self) -> None:
+        """Rewrite the journal as a checkpoint once it passes COMPACT_BYTES: restart time and every
+        worker's start then read a bounded journal, whatever the number of batches stored.
+        Raises SyncFailed."""
+        if self.storage.journal_identity()[1] < COMPACT_BYTES:
+            return
+        try:
+            sizes = self.storage.try_compact()
+        except (OSError, WriteFailed) as err:  # e.g. a full disk: the journal stays as it is
+            log.warning("action: checkpoint | result: fail | error: %s", err)
+            return
+        if sizes is not None:  # else another process holds the lock: next tick
+            log.info("action: checkpoint | result: success | journal_bytes_before: %d | journal_bytes: %d", *sizes)

@@ -1,0 +1,142 @@
+"""The bet line: its canonical encoding and its validation (owns the rules docs/protocol.md states
+for the `lines` block of a BET, and that the agency's internal/bets applies before sending).
+
+Nothing here knows frames or sockets: protocol.decode_payload calls `validate_bets` on a BET's
+lines and turns an `InvalidBatch` into the ERROR code it names. testdata/protocol_vectors.json
+pins every rule (its `bet_lines`), read by the Go and the Python tests alike.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class InvalidBatch(ValueError):
+    """A BET's lines break the rules: `malformed` for the framing of the lines (MALFORMED), else
+    one bet is invalid (INVALID_BET); `reason` says which and why."""
+
+    def __init__(self, reason: str, malformed: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.malformed = malformed
+
+
+# A bet line is one RFC 4180 record of five fields. A name may hold any UTF-8 text without a
+# control character; it is written quoted ("..." with every " doubled) exactly when it holds a
+# comma or a double quote, and as is otherwise, so every bet has exactly one encoding (its chain
+# and its bets.csv line follow from it). Documents, dates and numbers are never quoted.
+
+_PLAIN_NAME = rb'[^,"\x00-\x1f\x7f]{1,100}'
+_DIGITS = rb"[0-9]{1,10}"
+# Month-aware day ranges; 02-29 is accepted here and checked for leap years separately.
+_DATE = (
+    rb"(?!0000)[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    rb"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    rb"|02-(?:0[1-9]|1[0-9]|2[0-9]))"
+)
+# The common case, a batch without any quoted name, is checked whole by one regular expression.
+_PLAIN_LINE = _PLAIN_NAME + b"," + _PLAIN_NAME + b"," + _DIGITS + b"," + _DATE + b"," + _DIGITS + b"\n"
+_PLAIN_LINES_RE = re.compile(b"(?:" + _PLAIN_LINE + b")+")
+_C1_RE = re.compile(rb"\xc2[\x80-\x9f]")  # U+0080..U+009F, the C1 control characters, in UTF-8
+_FEB29_RE = re.compile(rb",([0-9]{4})-02-29,")
+_NAME_RE = re.compile(rb'[^\x00-\x1f\x7f]{1,100}')
+_DIGITS_RE = re.compile(_DIGITS)
+_DATE_RE = re.compile(_DATE)
+_FIELD_RE = re.compile(rb'"((?:[^"]|"")*)"|([^,"]*)')  # one field: quoted, or plain
+FIELD_NAMES = ("first_name", "last_name", "document", "birthdate", "number")
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def split_record(line: bytes) -> list[tuple[bytes, bool]] | None:
+    """The fields of one RFC 4180 record (without its line end) as (value, was quoted); None
+    when its quoting is broken (an unclosed quote, a quote inside a plain field, text after a
+    closing quote)."""
+    fields: list[tuple[bytes, bool]] = []
+    position = 0
+    while True:
+        match = _FIELD_RE.match(line, position)
+        assert match is not None  # the plain alternative matches the empty string
+        quoted = match.group(1) is not None
+        fields.append((match.group(1).replace(b'""', b'"') if quoted else match.group(2), quoted))
+        position = match.end()
+        if position == len(line):
+            return fields
+        if line[position] != 0x2C:  # ","
+            return None
+        position += 1
+
+
+def _name_error(value: bytes, quoted: bool) -> bool:
+    """Whether a name breaks its rules: 1 to 100 bytes, no control character, quoted exactly
+    when it holds a comma or a double quote."""
+    if not _NAME_RE.fullmatch(value) or _C1_RE.search(value):
+        return True
+    return quoted != (b"," in value or b'"' in value)
+
+
+def bet_line_error(line: bytes) -> str | None:
+    """Why one bet line (without its newline) is invalid, or None if it is valid."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    fields = split_record(line)
+    if fields is None:
+        return "quoting"
+    if len(fields) != len(FIELD_NAMES):
+        return f"{len(fields)} fields, want {len(FIELD_NAMES)}"
+    for name, (value, quoted) in zip(FIELD_NAMES[:2], fields[:2]):
+        if _name_error(value, quoted):
+            return name
+    for name, pattern, (value, quoted) in zip(FIELD_NAMES[2:], (_DIGITS_RE, _DATE_RE, _DIGITS_RE), fields[2:]):
+        if quoted or not pattern.fullmatch(value):
+            return name
+    year, month, day = fields[3][0].split(b"-")
+    if month == b"02" and day == b"29" and not _is_leap(int(year)):
+        return "birthdate"
+    return None
+
+
+def validate_bets(bets: bytes, count: int) -> None:
+    """Raise InvalidBatch unless `bets` is exactly `count` valid bet lines.
+
+    The fast path checks a whole batch without quotes with one compiled regular expression; a
+    batch with a quoted name, or one that fails it, is checked line by line.
+    """
+    lines = bets.count(b"\n")
+    if not bets.endswith(b"\n"):
+        raise InvalidBatch("the batch does not end with a newline", malformed=True)
+    if lines != count:
+        raise InvalidBatch(f"count is {count} but the batch has {lines} lines", malformed=True)
+    try:
+        bets.decode("utf-8")
+        valid = (
+            b'"' not in bets
+            and _PLAIN_LINES_RE.fullmatch(bets) is not None
+            and (b"\xc2" not in bets or _C1_RE.search(bets) is None)  # memchr first: C1 is rare
+            and (
+                b"-02-29," not in bets  # a plain substring search spares the regex almost always
+                or all(_is_leap(int(m.group(1))) for m in _FEB29_RE.finditer(bets))
+            )
+        )
+    except UnicodeDecodeError:
+        valid = False
+    if valid:
+        return
+    for number, line in enumerate(bets.split(b"\n")[:count], start=1):
+        reason = bet_line_error(line)
+        if reason is not None:
+            raise InvalidBatch(f"bet {number}: {reason}", malformed=False)
+
+
+def bet_line(fields: tuple[str, str, str, str, str]) -> bytes:
+    """The canonical bet line (with its newline) of five field values."""
+    out = []
+    for value in fields:
+        if "," in value or '"' in value:
+            value = '"' + value.replace('"', '""') + '"'
+        out.append(value)
+    return (",".join(out) + "\n").encode("utf-8")

@@ -1,0 +1,45 @@
+"""Whether the central can store now: what the health port answers (owns that judgement).
+
+The health port echoes while the central can store, and answers `ERROR INTERNAL_ERROR` with the
+reason otherwise, so the container's health check reports the central unhealthy while:
+
+- the storage's file system has less room than one stored batch (a full disk: batches and FINs
+  are refused meanwhile, every other request is served), or
+- one process has held the append lock for more than HEALTH_STALL seconds (a stopped or hung
+  worker: it is killed after STALL_TIMEOUT, see stall.py; the lock is normally held for
+  microseconds).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .board import Board, now_ms
+from .recovery import MAX_BATCH_BYTES
+
+HEALTH_STALL = 2.0  # seconds one process may hold the append lock before the central is unhealthy
+
+
+class StorageHealth:
+    def __init__(self, directory: Path, board: Board) -> None:
+        self.directory = directory
+        self.board = board
+
+    def problem(self) -> str | None:
+        """Why the central cannot store now, or None if it can."""
+        try:
+            status = os.statvfs(self.directory)
+        except OSError as err:
+            return f"cannot look at {self.directory}: {err.strerror or err}"
+        free = status.f_bavail * status.f_frsize
+        if free < MAX_BATCH_BYTES:
+            return f"the storage has {free} bytes free (a full disk)"
+        hold = self.board.longest_hold()
+        if hold is not None:
+            process, since = hold
+            seconds = (now_ms() - since) / 1000
+            if seconds > HEALTH_STALL:
+                holder = "the supervisor" if process == 0 else f"worker {process}"
+                return f"the append lock has been held by {holder} for {seconds:.1f} s"
+        return None

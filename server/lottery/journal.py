@@ -1,0 +1,152 @@
+"""The journal's records and the round's state they fold into (owns the format of journal.log).
+
+The journal always starts with a checkpoint, the round's state as of a point where ``bets.csv``
+was synced::
+
+    checkpoint <agencies> <bets_end> <batches>
+    agency <id> <stored> <chain> <last_first>   one per agency with bets
+    fin <id> <bets> <chain>                     one per recorded FIN
+
+and goes on with one record per change since that checkpoint::
+
+    batch <agency> <first> <count> <end> <crc32> <chain>
+    fin <agency> <bets> <chain>
+
+A batch holds the agency's bets ``first .. first + count - 1``; bets.csv is ``end`` bytes after
+it, ``crc32`` covers its bytes there, and ``chain`` is the agency's chain after it
+(protocol.md). CRCs and chains are 8 hexadecimal digits, the rest decimal. The journal is the only
+record of what is stored, so deduplication, the FIN barrier and the round's agency count survive
+a restart. `JournalView` folds it into per-agency state whose size does not grow with the bets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .durable import StorageError
+from .protocol import Bet
+
+MAX_JOURNAL_LINE = 128  # longer than any record: a longer "line" is damage, not a record
+
+# kind -> the base each value is written in: decimal, or hexadecimal for CRCs and chains
+_BASES = {
+    "checkpoint": (10, 10, 10),
+    "agency": (10, 10, 16, 10),
+    "fin": (10, 10, 16),
+    "batch": (10, 10, 10, 10, 16, 16),
+}
+# kind -> the line's format; hexadecimal values are 8 digits
+_FORMATS = {
+    kind: kind.encode() + b"".join(b" %08x" if base == 16 else b" %d" for base in bases) + b"\n"
+    for kind, bases in _BASES.items()
+}
+_KINDS = {kind.encode(): kind for kind in _BASES}
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """One journal line; `values` are its integers in order."""
+
+    kind: str  # "checkpoint", "agency", "fin" or "batch"
+    values: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        return _FORMATS[self.kind] % self.values
+
+    @classmethod
+    def parse(cls, line: bytes) -> JournalRecord:
+        """The record in one line (without its newline); StorageError if it is not one."""
+        kind, *fields = line.split(b" ")
+        name = _KINDS.get(kind)
+        if name is not None and len(_BASES[name]) == len(fields):
+            try:
+                values = tuple(map(int, fields, _BASES[name]))
+            except ValueError:
+                pass
+            else:
+                if min(values) >= 0:
+                    return cls(name, values)
+        raise StorageError(f"corrupt journal line {line[:80]!r}")
+
+
+def batch_record(bet: Bet, end: int, crc: int, chain_after: int) -> JournalRecord:
+    return JournalRecord("batch", (bet.agency, bet.first, bet.count, end, crc, chain_after))
+
+
+def fin_record(agency: int, bets: int, chain: int) -> JournalRecord:
+    return JournalRecord("fin", (agency, bets, chain))
+
+
+@dataclass(frozen=True)
+class AgencyState:
+    """What is stored of one agency: bets 1..`stored`, their `chain`, the last batch's first."""
+
+    stored: int = 0
+    chain: int = 0
+    last_first: int = 0
+
+
+NOTHING_STORED = AgencyState()
+
+
+@dataclass
+class JournalView:
+    """The round's state as the journal tells it; rebuilt from the file, never shared in memory.
+
+    Its size depends on the number of agencies only, not on the batches stored."""
+
+    offset: int = 0  # bytes of journal.log folded in
+    agencies: int = 0  # the round's agency count (from the checkpoint)
+    bets_end: int = 0  # size bets.csv must have
+    batches: int = 0  # batches stored in the round
+    agency_states: dict[int, AgencyState] = field(default_factory=dict)
+    fins: dict[int, tuple[int, int]] = field(default_factory=dict)  # agency -> (bets, chain)
+
+    def state(self, agency: int) -> AgencyState:
+        return self.agency_states.get(agency, NOTHING_STORED)
+
+    def fold(self, data: bytes) -> int:
+        """Fold in the complete lines at the start of `data`, the journal's bytes from `offset`
+        on, and advance `offset` past them; returns the bytes consumed."""
+        consumed = 0
+        while True:
+            newline = data.find(b"\n", consumed)
+            if newline < 0:
+                return consumed
+            self.apply(JournalRecord.parse(data[consumed:newline]), newline + 1 - consumed)
+            consumed = newline + 1
+
+    def apply(self, record: JournalRecord, size: int) -> None:
+        """Fold in one record that took `size` bytes of the journal."""
+        values = record.values
+        if record.kind == "batch":
+            agency, first, count, end, _, chain = values
+            self.agency_states[agency] = AgencyState(first + count - 1, chain, first)
+            self.bets_end = end
+            self.batches += 1
+        elif record.kind == "fin":
+            self.fins[values[0]] = (values[1], values[2])
+        elif record.kind == "agency":
+            self.agency_states[values[0]] = AgencyState(*values[1:])
+        else:  # a checkpoint starts the file: the state lines after it rebuild the rest
+            self.agencies, self.bets_end, self.batches = values
+            self.agency_states.clear()
+            self.fins.clear()
+        self.offset += size
+
+    def checkpoint(self) -> bytes:
+        """The journal's content for a checkpoint of this state."""
+        records = [JournalRecord("checkpoint", (self.agencies, self.bets_end, self.batches))]
+        records += [
+            JournalRecord("agency", (a, s.stored, s.chain, s.last_first)) for a, s in sorted(self.agency_states.items())
+        ]
+        records += [fin_record(a, *fin) for a, fin in sorted(self.fins.items())]
+        return b"".join(record.encode() for record in records)
+
+    def finished(self, agencies: int) -> int:
+        """How many of agencies 1..`agencies` have a FIN."""
+        return sum(1 for agency in self.fins if 1 <= agency <= agencies)
+
+    def waiting_for(self, agencies: int) -> list[int]:
+        """The agencies of 1..`agencies` without a FIN, in order."""
+        return [agency for agency in range(1, agencies + 1) if agency not in self.fins]

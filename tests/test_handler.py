@@ -1,0 +1,230 @@
+"""The central's message handling, message by message, without processes or sockets: the real
+handler (server/lottery/handler.py) and group commit over a real storage in a temporary directory,
+answers collected by an in-memory outbox."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, AgencyBets, bet, csv_rows
+from lottery import draw, protocol, recovery
+from lottery.board import Board
+from lottery.commit import GroupCommit
+from lottery.handler import Handler
+from lottery.protocol import ErrorCode, MsgType
+from lottery.session import Session
+from lottery.storage import Storage
+
+VECTORS = json.loads((ROOT / "testdata" / "protocol_vectors.json").read_text(encoding="utf-8"))
+
+
+@dataclass
+class Outbox:
+    """What the handler sent, decoded, per session; and which sessions it asked to close."""
+
+    sent: dict[Session, list[bytes]] = field(default_factory=dict)
+    closing: set[Session] = field(default_factory=set)
+
+    def send(self, session: Session, frame: bytes) -> None:
+        self.sent.setdefault(session, []).append(frame)
+
+    def close_after_send(self, session: Session) -> None:
+        session.closing = True
+        self.closing.add(session)
+
+    def frames(self, session: Session) -> list[bytes]:
+        return self.sent.pop(session, [])
+
+    def messages(self, session: Session) -> list[protocol.Message]:
+        return [protocol.decode_payload(frame[1], frame[protocol.HEADER_SIZE :]) for frame in self.frames(session)]
+
+
+@dataclass
+class Central:
+    """One worker's handling, as the worker wires it."""
+
+    storage: Storage
+    board: Board
+    outbox: Outbox
+    commit: GroupCommit
+    handler: Handler
+    directory: Path
+    nudges: list[int] = field(default_factory=list)
+    problem: list[str] = field(default_factory=list)  # what health_problem answers, if anything
+    winners: dict[int, list[str]] | None = None
+
+    def session(self, agency: int | None, health: bool = False) -> Session:
+        session = Session(f"peer-{agency}", health=health, agency=agency)
+        if agency is not None:
+            session.token = self.board.claim(agency)
+        return session
+
+    def send(self, session: Session, msg: protocol.Message) -> None:
+        frame = protocol.encode(msg)
+        self.handler.handle(session, frame[1], frame[protocol.HEADER_SIZE :])
+
+
+@pytest.fixture
+def central(tmp_path: Path) -> Iterator[Central]:
+    recovery.recover(tmp_path, 3)
+    board = Board(3)
+    storage = Storage(tmp_path, board, 1)
+    outbox = Outbox()
+    commit = GroupCommit(storage, board, outbox, 1)
+    made = Central(storage, board, outbox, commit, None, tmp_path)  # type: ignore[arg-type]
+    made.handler = Handler(storage, commit, outbox, lambda: made.winners,
+                           lambda: made.problem[0] if made.problem else None, lambda: made.nudges.append(1), 1)
+    yield made
+    storage.close()
+    board.close()
+
+
+def test_echo_is_echoed(central: Central) -> None:
+    session = central.session(1)
+    central.send(session, protocol.Echo(b"ping"))
+    assert central.outbox.messages(session) == [protocol.Echo(b"ping")]
+
+
+def test_a_message_naming_another_agency_gets_the_agency_mismatch_vector(central: Central) -> None:
+    """ERROR AGENCY_MISMATCH (code 15) for a message of agency 2's session naming agency 3: the
+    vector's exact bytes (the live answer: test_identity.py)."""
+    vector = next(v for v in VECTORS["frames"] if v["name"] == "error_agency_mismatch")
+    assert vector["fields"]["code"] == ErrorCode.AGENCY_MISMATCH == 15
+    session = central.session(2)
+    central.send(session, protocol.Hello(3))
+    assert [frame.hex() for frame in central.outbox.frames(session)] == [vector["hex"]]
+    central.send(session, protocol.Hello(2))  # its own: accepted
+    assert central.outbox.messages(session) == [protocol.Resume(2, 0, 0, False)]
+
+
+def test_a_batch_is_answered_after_the_group_commit_and_before_any_later_answer(central: Central) -> None:
+    session, bets = central.session(1), AgencyBets(1)
+    central.send(session, bets.batch([bet("1"), bet("2")]))
+    assert central.outbox.frames(session) == [] and session.pending == 1  # kept for this turn's commit
+    central.send(session, protocol.Echo(b"after"))  # an answer commits the session's batches first
+    assert central.outbox.messages(session) == [protocol.Ack(1, 2), protocol.Echo(b"after")]
+    assert session.pending == 0 and [r[3] for r in csv_rows(central.directory)] == ["1", "2"]
+    central.send(session, protocol.Hello(1))
+    assert central.outbox.messages(session) == [protocol.Resume(1, 2, bets.chain, False)]
+
+
+def test_a_batch_of_a_closed_or_superseded_session_is_not_stored(central: Central) -> None:
+    """The storage asks, under its lock, whether each batch's session is still live."""
+    closed, superseded, live = central.session(1), central.session(2), central.session(3)
+    one, two, three = AgencyBets(1), AgencyBets(2), AgencyBets(3)
+    central.send(closed, one.batch([bet("1")]))
+    central.send(superseded, two.batch([bet("2")]))
+    central.send(live, three.batch([bet("3")]))
+    closed.open = False  # its connection ended before the turn's commit
+    newer = central.session(2)  # agency 2 connected again, in any worker
+    central.commit.run()
+    assert central.outbox.frames(closed) == [] and central.outbox.frames(superseded) == []
+    assert central.outbox.messages(live) == [protocol.Ack(3, 1)]
+    assert [r[3] for r in csv_rows(central.directory)] == ["3"]
+    central.send(newer, protocol.Hello(2))  # the newer session resumes from nothing stored
+    assert central.outbox.messages(newer) == [protocol.Resume(2, 0, 0, False)]
+
+
+def test_refused_batches_name_the_facts(central: Central) -> None:
+    session, bets = central.session(1), AgencyBets(1)
+    first = bets.batch([bet("1")])
+    gap = AgencyBets(1, 5, 0).batch([bet("9")])
+    central.send(session, first)
+    central.send(session, gap)
+    central.send(session, first)  # a resend of the last stored batch: acknowledged again
+    central.commit.run()
+    ack, refused, again = central.outbox.messages(session)
+    assert ack == protocol.Ack(1, 1) and again == protocol.Ack(1, 1)
+    assert isinstance(refused, protocol.Error) and refused.code is ErrorCode.SEQUENCE_GAP and refused.position == 6
+    assert "only bets 1..1 are stored" in refused.reason
+
+
+def test_an_invalid_batch_or_an_unknown_type_is_refused_and_nothing_is_stored(central: Central) -> None:
+    session = central.session(1)
+    bad = protocol.encode(protocol.Bet(1, 1, 1, 0, b"Ana,Lopez,1,1990-02-30,7\n"))
+    central.handler.handle(session, MsgType.BET, bad[protocol.HEADER_SIZE :])
+    central.handler.handle(session, MsgType.ACK, b"\0" * 8)  # a central's message, not an agency's
+    invalid, unknown = central.outbox.messages(session)
+    assert isinstance(invalid, protocol.Error) and invalid.code is ErrorCode.INVALID_BET and invalid.position == 1
+    assert isinstance(unknown, protocol.Error) and unknown.code is ErrorCode.UNKNOWN_TYPE
+    assert session not in central.outbox.closing and csv_rows(central.directory) == []
+
+
+def test_fin_is_recorded_once_and_nudges_the_supervisor(central: Central) -> None:
+    session, bets = central.session(1), AgencyBets(1)
+    central.send(session, bets.batch([bet("1")]))
+    central.send(session, protocol.Fin(1, 2, bets.chain))  # announces a bet not stored
+    central.send(session, bets.fin())
+    central.send(session, bets.fin())
+    ack, gap, fin_ack, duplicate = central.outbox.messages(session)
+    assert ack == protocol.Ack(1, 1) and fin_ack == protocol.FinAck(1)
+    assert isinstance(gap, protocol.Error) and gap.code is ErrorCode.SEQUENCE_GAP
+    assert isinstance(duplicate, protocol.Error) and duplicate.code is ErrorCode.DUPLICATE_FIN
+    assert len(central.nudges) == 2  # the recorded FIN and its duplicate (perhaps a retry)
+    central.send(session, bets.batch([bet("2")]))
+    central.commit.run()
+    (finished,) = central.outbox.messages(session)
+    assert isinstance(finished, protocol.Error) and finished.code is ErrorCode.AGENCY_FINISHED
+
+
+def test_a_winners_query_is_held_until_the_draw_and_then_answered_with_own_winners_only(central: Central) -> None:
+    one, two = central.session(1), central.session(2)
+    central.send(one, protocol.WinnersQuery(1))
+    assert central.outbox.frames(one) == [] and one.held == 1
+    assert not central.handler.release_held(one)  # not drawn yet
+    central.winners = {1: ["111", "112"], 2: ["221"]}
+    assert central.handler.release_held(one) and one.held is None
+    assert central.outbox.messages(one) == [protocol.Winners(1, True, ("111", "112"))]
+    central.send(two, protocol.WinnersQuery(2))  # after the draw: answered at once
+    assert central.outbox.messages(two) == [protocol.Winners(2, True, ("221",))]
+
+
+def test_the_health_port_echoes_only_while_the_central_can_store(central: Central) -> None:
+    health = central.session(None, health=True)
+    central.send(health, protocol.Echo(b"ok?"))
+    assert central.outbox.messages(health) == [protocol.Echo(b"ok?")] and health not in central.outbox.closing
+    central.problem.append("the storage has 0 bytes free (a full disk)")
+    central.send(health, protocol.Echo(b"ok?"))
+    (refused,) = central.outbox.messages(health)
+    assert isinstance(refused, protocol.Error) and refused.code is ErrorCode.INTERNAL_ERROR
+    assert refused.reason == "cannot store: the storage has 0 bytes free (a full disk)"
+    other = central.session(None, health=True)
+    central.send(other, protocol.Hello(1))  # anything but ECHO: refused and closed
+    (unknown,) = central.outbox.messages(other)
+    assert isinstance(unknown, protocol.Error) and unknown.code is ErrorCode.UNKNOWN_TYPE
+    assert other in central.outbox.closing
+
+
+def test_a_failed_append_is_refused_with_its_cause_and_nothing_else_changes(central: Central) -> None:
+    """A real failed write: the file size limit (EFBIG, as a full disk gives ENOSPC)."""
+    session, bets = central.session(1), AgencyBets(1)
+    central.send(session, bets.batch([bet("1")]))
+    central.commit.run()
+    assert central.outbox.messages(session) == [protocol.Ack(1, 1)]
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, limit[1]))  # the journal is past 64 bytes already
+    try:
+        central.send(session, bets.batch([bet(str(n)) for n in range(2, 40)]))
+        central.commit.run()
+        (refused,) = central.outbox.messages(session)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert isinstance(refused, protocol.Error) and refused.code is ErrorCode.INTERNAL_ERROR and refused.position == 2
+    assert refused.reason.startswith("storage failure: append: ")
+    assert session in central.outbox.closing
+    assert [r[3] for r in csv_rows(central.directory)] == ["1"]  # nothing of the refused batch
+    again = central.session(1)  # the agency comes back: stored once the cause is gone
+    central.send(again, bets.batches[1])
+    central.commit.run()
+    assert central.outbox.messages(again) == [protocol.Ack(1, 39)]
+    assert len(csv_rows(central.directory)) == 39
+    assert not draw.draw_done(central.directory)
