@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import gen_data  # noqa: E402
 
-
 SERVER_SECRETS = {"ca.pem", "server.pem", "server-key.pem"}
 AGENCY_SECRETS = {"ca.pem", "agency.pem", "agency-key.pem"}
 
@@ -335,7 +334,8 @@ def test_secrets_only_issues_what_the_compose_file_names(tmp_path: Path) -> None
 
     explicit = run(tmp_path, "--secrets-only", "6", "--secrets-dir", "other")  # N: agencies 1..N there
     assert explicit.returncode == 0, explicit.stderr
-    assert len([line for line in explicit.stdout.splitlines() if line.startswith("created other/")]) == 4 + 2 * 6  # CA pair, server pair, 6 agency pairs
+    created = [line for line in explicit.stdout.splitlines() if line.startswith("created other/")]
+    assert len(created) == 4 + 2 * 6  # CA pair, server pair, 6 agency pairs
     assert not (tmp_path / "other" / "agency-7.pem").exists()
     assert not (tmp_path / ".data").exists()
 

@@ -23,10 +23,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from conftest import DATA, DEFAULT_WINNERS, AgencyBets, Peer, bet, csv_rows, row, wait_until, worker_pids
 from lottery import protocol
@@ -333,8 +333,9 @@ def test_an_fdatasync_error_after_a_batch_is_never_acknowledged(start_server, la
     storage = tmp_path / "eio-batches"
     server = start_server(agencies=2, storage=storage, WORKERS=1)
     port = server.port
-    clients = [launch(a, port, DATA / f"agency-{a}.csv", CLI_BATCH_MAXAMOUNT=20, CLI_BATCH_WINDOW=2, CLI_RETRY_INITIALBACKOFF="50ms",
-                        CLI_RETRY_MAXBACKOFF="500ms", CLI_RETRY_ATTEMPTS=60) for a in (1, 2)]
+    clients = [launch(a, port, DATA / f"agency-{a}.csv", CLI_BATCH_MAXAMOUNT=20, CLI_BATCH_WINDOW=2,
+                      CLI_RETRY_INITIALBACKOFF="50ms", CLI_RETRY_MAXBACKOFF="500ms", CLI_RETRY_ATTEMPTS=60)
+               for a in (1, 2)]
     server.wait_log(r"apuesta_recibida \| result: success", count=20, timeout=30)
 
     # The batches of the commit whose sync fails were appended but must never be acknowledged;

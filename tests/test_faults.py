@@ -8,6 +8,7 @@ stored exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import signal
 import socket
@@ -17,11 +18,23 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (DATA, DEFAULT_WINNERS, AgencyBets, Peer, batch, bet, csv_rows, health_echo, row,
-                      run_server_foreground, stored_documents, worker_pids)
+from conftest import (
+    DATA,
+    DEFAULT_WINNERS,
+    AgencyBets,
+    Peer,
+    batch,
+    bet,
+    csv_rows,
+    health_echo,
+    row,
+    run_server_foreground,
+    stored_documents,
+    worker_pids,
+)
 from lottery import protocol
-from processes import peak_rss_kib
 from lottery.protocol import ErrorCode
+from processes import peak_rss_kib
 
 
 def expect_error(message: protocol.Message, code: ErrorCode, position: int | None = None) -> protocol.Error:
@@ -106,10 +119,8 @@ def test_bursts_of_short_and_idle_connections_never_block_the_central(start_serv
             server.wait_log(r"action: handshake \| result: fail \| peer: \S+ \| " + timed_out)
         for sock in idle:
             sock.settimeout(5)
-            try:
+            with contextlib.suppress(ConnectionResetError):
                 assert sock.recv(1) == b""
-            except ConnectionResetError:
-                pass
         assert "IDLE_TIMEOUT" not in server.log()  # they never became sessions
         probe.close()
         fresh = peers(server.port)

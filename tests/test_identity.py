@@ -12,6 +12,7 @@ attacker, their results are exact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -23,13 +24,27 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
-from conftest import (CREDENTIALS, DATA, DEFAULT_WINNERS, ROOT, AgencyBets, Peer, agency_context, bet, health_echo,
-                      issue_credentials, raise_nofile_limit, run_server_foreground, stored_documents, worker_pids)
+from conftest import (
+    CREDENTIALS,
+    DATA,
+    DEFAULT_WINNERS,
+    ROOT,
+    AgencyBets,
+    Peer,
+    agency_context,
+    bet,
+    health_echo,
+    issue_credentials,
+    raise_nofile_limit,
+    run_server_foreground,
+    stored_documents,
+    worker_pids,
+)
 from lottery import protocol
 from lottery.protocol import ErrorCode
 
@@ -621,7 +636,7 @@ class Flood:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
 
-    def start(self) -> "Flood":
+    def start(self) -> Flood:
         for kind, count in self.wanted.items():
             for _ in range(count):
                 self._open(kind)
@@ -649,10 +664,8 @@ class Flood:
         self.kinds[sock] = kind
         self.selector.register(sock, selectors.EVENT_READ)
         if kind == "garbage":
-            try:
+            with contextlib.suppress(OSError):
                 sock.send(self.rng.randbytes(64))
-            except OSError:
-                pass
         elif kind == "drip":
             self.dripped[sock] = 0
 

@@ -12,8 +12,19 @@ import time
 
 import pytest
 
-from conftest import (SERVER_DIR, AgencyBets, Peer, batch, bet, chain_of, csv_rows, health_echo, row, wait_until,
-                      worker_pids)
+from conftest import (
+    SERVER_DIR,
+    AgencyBets,
+    Peer,
+    batch,
+    bet,
+    chain_of,
+    csv_rows,
+    health_echo,
+    row,
+    wait_until,
+    worker_pids,
+)
 from lottery import protocol
 from lottery.protocol import ErrorCode
 

@@ -15,6 +15,7 @@ certificate outside its round, mounted read-only.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -23,9 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import yaml
@@ -334,7 +335,7 @@ def test_a_failed_fsync_stops_the_server_and_compose_restarts_it(compose) -> Non
     # Every worker accepts agencies, so each gets the fault: the first fdatasync after the attach,
     # in whichever worker commits next, fails.
     supervisor = int(run("docker", "inspect", "-f", "{{.State.Pid}}", "server").stdout)
-    workers = open(f"/proc/{supervisor}/task/{supervisor}/children").read().split()
+    workers = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
     tracers = [subprocess.Popen(["strace", "-qq", "-p", worker, "-e", "trace=fdatasync",
                                  "-e", "inject=fdatasync:error=EIO:when=1", "-o", "/dev/null"])
                for worker in workers]
@@ -412,10 +413,8 @@ def test_without_go_the_credentials_are_issued_in_the_go_image(images, tmp_path:
     client_side = client.wrap_bio(to_client, to_server, server_hostname="server")
     for _ in range(5):
         for side in (client_side, server_side):
-            try:
+            with contextlib.suppress(ssl.SSLWantReadError):
                 side.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
     client_side.write(b"x")
     assert server_side.read(1) == b"x"
     assert dict(rdn[0] for rdn in server_side.getpeercert()["subject"])["commonName"] == "agency-2"
