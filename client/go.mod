@@ -1,6 +1,6 @@
 // The agency client module: its only third-party dependency is gopkg.in/yaml.v3, vendored.
 module lottery/client
 
-go 1.23
+go 1.26
 
 require gopkg.in/yaml.v3 v3.0.1

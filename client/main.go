@@ -38,7 +38,9 @@ func run(args []string, getenv func(string) string, stdout io.Writer) int {
 		return 2
 	}
 
-	ctx, stop := notifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	// Until stop is called the signals do not terminate the process: the context carries them
+	// to every blocking call instead.
+	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	defer stop()
 
 	cfg, err := config.Load(*configPath, getenv)
@@ -75,51 +77,34 @@ func run(args []string, getenv func(string) string, stdout io.Writer) int {
 	return 0
 }
 
-// stopSignal is the cause of a context cancelled by a signal: it keeps the signal itself, so
-// the shutdown log names it without parsing an error string.
-type stopSignal struct{ sig os.Signal }
+// stopSignals are the signals that stop the agency: the context of the run is cancelled with
+// one of them as its cause, and the program exits 0.
+var stopSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT}
 
-func (s stopSignal) Error() string { return s.name() + " received" }
+// signalName names the signal behind cause ("SIGTERM", "SIGINT"), or "none" when cause is not
+// a stop by one of stopSignals. signal.NotifyContext (Go 1.26) cancels its context with a
+// cause describing the signal, "<signal> signal received" (its String, "terminated" for
+// SIGTERM): cause (or an error it wraps) is compared with that description of each stop
+// signal, nothing else is read from it.
+func signalName(cause error) string {
+	for err := cause; err != nil; err = errors.Unwrap(err) {
+		for _, sig := range stopSignals {
+			if err.Error() == sig.String()+" signal received" {
+				return conventionalName(sig)
+			}
+		}
+	}
+	return "none"
+}
 
-// name is the conventional name of the signal ("SIGTERM"); syscall.Signal's String is a
-// description ("terminated").
-func (s stopSignal) name() string {
-	switch s.sig {
+// conventionalName is the conventional name of a signal ("SIGTERM"); syscall.Signal's String
+// is a description ("terminated").
+func conventionalName(sig os.Signal) string {
+	switch sig {
 	case syscall.SIGTERM:
 		return "SIGTERM"
 	case syscall.SIGINT:
 		return "SIGINT"
 	}
-	return s.sig.String()
-}
-
-// notifyContext returns a context cancelled with a stopSignal cause when one of sigs arrives,
-// and a stop function that unregisters the signals and releases the context. Until stop is
-// called the signals do not terminate the process: the context carries them to every blocking
-// call instead.
-func notifyContext(parent context.Context, sigs ...os.Signal) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancelCause(parent)
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, sigs...)
-	go func() {
-		select {
-		case sig := <-ch:
-			cancel(stopSignal{sig})
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, func() {
-		signal.Stop(ch)
-		cancel(nil) // the goroutine above sees ctx.Done and returns
-	}
-}
-
-// signalName names the signal behind cause ("SIGTERM", "SIGINT"), or "none" when cause is not
-// a stop by a signal.
-func signalName(cause error) string {
-	var s stopSignal
-	if errors.As(cause, &s) {
-		return s.name()
-	}
-	return "none"
+	return sig.String()
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -25,6 +26,8 @@ import (
 	"lottery/client/internal/protocol"
 )
 
+// TestNotifyContextNamesTheSignal checks the context the program runs under: a stop signal
+// cancels it with a cause signalName names.
 func TestNotifyContextNamesTheSignal(t *testing.T) {
 	tests := []struct {
 		sig  syscall.Signal
@@ -35,29 +38,25 @@ func TestNotifyContextNamesTheSignal(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, stop := notifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 			defer stop()
 			if err := syscall.Kill(os.Getpid(), tt.sig); err != nil {
 				t.Fatal(err)
 			}
 			<-ctx.Done() // the test binary's -timeout catches a signal that never arrives
 			cause := context.Cause(ctx)
-			var s stopSignal
-			if !errors.As(cause, &s) || s.sig != tt.sig {
-				t.Fatalf("cause %v (%T), want a stopSignal for %v", cause, cause, tt.sig)
-			}
 			if got := signalName(cause); got != tt.name {
-				t.Fatalf("signalName = %q, want %q", got, tt.name)
+				t.Fatalf("signalName(%q) = %q, want %q", cause, got, tt.name)
 			}
-			if !errors.Is(ctx.Err(), context.Canceled) {
-				t.Fatalf("ctx.Err() = %v, want context.Canceled", ctx.Err())
+			if !errors.Is(ctx.Err(), context.Canceled) || !errors.Is(cause, context.Canceled) {
+				t.Fatalf("ctx.Err() = %v, cause %v: want both context.Canceled", ctx.Err(), cause)
 			}
 		})
 	}
 }
 
 func TestNotifyContextStop(t *testing.T) {
-	ctx, stop := notifyContext(context.Background(), syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	if ctx.Err() != nil {
 		t.Fatalf("context done before any signal: %v", context.Cause(ctx))
 	}
@@ -73,12 +72,12 @@ func TestSignalName(t *testing.T) {
 		cause error
 		want  string
 	}{
-		{stopSignal{syscall.SIGTERM}, "SIGTERM"},
-		{stopSignal{os.Interrupt}, "SIGINT"},
-		{fmt.Errorf("run: %w", stopSignal{syscall.SIGINT}), "SIGINT"},
-		{stopSignal{syscall.SIGHUP}, syscall.SIGHUP.String()},
+		{errors.New(syscall.SIGTERM.String() + " signal received"), "SIGTERM"},
+		{errors.New(os.Interrupt.String() + " signal received"), "SIGINT"},
+		{fmt.Errorf("run: %w", errors.New(syscall.SIGINT.String()+" signal received")), "SIGINT"},
+		{errors.New(syscall.SIGHUP.String() + " signal received"), "none"}, // not a stop signal
+		{errors.New(syscall.SIGTERM.String()), "none"},
 		{context.Canceled, "none"},
-		{errors.New("terminated signal received"), "none"}, // no parsing of messages
 		{nil, "none"},
 	}
 	for _, tt := range tests {
@@ -168,40 +167,17 @@ func TestBadTLSFileStopsAtStart(t *testing.T) {
 // with AGENCY_MISMATCH: it stops at once with exit code 1 and the refusal on its exit line.
 func TestAgencyMismatchExitsWithOne(t *testing.T) {
 	dir := credentials(t)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", certstest.CentralTLS(t, dir, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	const reason = "the certificate is agency-2's, the message names agency 3"
-	served := make(chan error, 1)
-	go func() {
-		served <- func() error {
-			c, err := ln.Accept()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-			br := bufio.NewReader(c)
-			m, err := protocol.ReadFrame(br)
-			if err != nil {
-				return err
-			}
-			if _, ok := m.(protocol.Hello); !ok {
-				return fmt.Errorf("got %s, want HELLO", m.Type())
-			}
-			bw := bufio.NewWriter(c)
-			if err := protocol.Send(bw, protocol.Error{Code: protocol.CodeAgencyMismatch, Reason: reason}); err != nil {
-				return err
-			}
-			_, err = protocol.ReadFrame(br) // until the agency closes
-			if !errors.Is(err, net.ErrClosed) && !strings.Contains(fmt.Sprint(err), "EOF") {
-				return fmt.Errorf("after the refusal: %v, want the agency to close", err)
-			}
-			return nil
-		}()
-	}()
+	ln, served := centralOnce(t, dir, func(_ net.Listener, br *bufio.Reader, bw *bufio.Writer) error {
+		if err := protocol.Send(bw, protocol.Error{Code: protocol.CodeAgencyMismatch, Reason: reason}); err != nil {
+			return err
+		}
+		_, err := protocol.ReadFrame(br) // until the agency closes
+		if !errors.Is(err, net.ErrClosed) && !strings.Contains(fmt.Sprint(err), "EOF") {
+			return fmt.Errorf("after the refusal: %v, want the agency to close", err)
+		}
+		return nil
+	})
 	code, lines := runProgram(agencyEnv(t, dir, ln.Addr().String()))
 	if err := <-served; err != nil {
 		t.Fatal(err)
@@ -213,5 +189,117 @@ func TestAgencyMismatchExitsWithOne(t *testing.T) {
 	}
 	if log := strings.Join(lines, "\n"); strings.Contains(log, "attempt: ") || !strings.Contains(log, "INFO action: connect | result: success | server_address: ") {
 		t.Fatalf("want one connection, not retried:\n%s", log)
+	}
+}
+
+// centralOnce accepts one connection on a mutual TLS listener of dir's credentials and runs
+// script on it (after reading the agency's HELLO; ln is the listener), in a goroutine; the
+// returned channel gets its error.
+func centralOnce(t *testing.T, dir string, script func(ln net.Listener, br *bufio.Reader, bw *bufio.Writer) error) (net.Listener, <-chan error) {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", certstest.CentralTLS(t, dir, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	served := make(chan error, 1)
+	go func() {
+		served <- func() error {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			br, bw := bufio.NewReader(c), bufio.NewWriter(c)
+			m, err := protocol.ReadFrame(br)
+			if err != nil {
+				return err
+			}
+			if _, ok := m.(protocol.Hello); !ok {
+				return fmt.Errorf("got %s, want HELLO", m.Type())
+			}
+			return script(ln, br, bw)
+		}()
+	}()
+	return ln, served
+}
+
+// TestSignalStopsTheProgram sends SIGTERM or SIGINT to the program while it waits for its
+// winners: it closes its connection and file, names the signal on its shutdown line and exits
+// 0.
+func TestSignalStopsTheProgram(t *testing.T) {
+	dir := credentials(t)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		name := conventionalName(sig)
+		t.Run(name, func(t *testing.T) {
+			ln, served := centralOnce(t, dir, func(_ net.Listener, br *bufio.Reader, bw *bufio.Writer) error {
+				answers := []protocol.Message{protocol.Resume{Agency: 3}, protocol.Ack{Agency: 3, Stored: 1}, protocol.FinAck{Agency: 3}}
+				for i, want := range []protocol.Type{protocol.TypeBet, protocol.TypeFin, protocol.TypeWinnersQuery} {
+					if err := protocol.Send(bw, answers[i]); err != nil {
+						return err
+					}
+					m, err := protocol.ReadFrame(br)
+					if err != nil {
+						return err
+					}
+					if m.Type() != want {
+						return fmt.Errorf("got %s, want %s", m.Type(), want)
+					}
+				}
+				// The winners query is held: stop the program.
+				if err := syscall.Kill(os.Getpid(), sig); err != nil {
+					return err
+				}
+				_, _ = protocol.ReadFrame(br) // until the agency closes
+				return nil
+			})
+			code, lines := runProgram(agencyEnv(t, dir, ln.Addr().String()))
+			if err := <-served; err != nil {
+				t.Fatal(err)
+			}
+			log := strings.Join(lines, "\n")
+			if code != 0 {
+				t.Fatalf("exit %d, want 0:\n%s", code, log)
+			}
+			for _, want := range []string{
+				"INFO action: shutdown | result: in_progress | signal: " + name,
+				"INFO action: close_connection | result: success",
+				"INFO action: exit | result: success",
+			} {
+				if !strings.Contains(log, want) {
+					t.Fatalf("log lacks %q:\n%s", want, log)
+				}
+			}
+		})
+	}
+}
+
+// TestCentralsReasonReachesTheExitLine has the central answer HELLO with INTERNAL_ERROR and a
+// reason, then stop (its listener closed): the attempt's line carries the code and the reason,
+// and so do the next attempt's line (a refused dial) and the exit line.
+func TestCentralsReasonReachesTheExitLine(t *testing.T) {
+	dir := credentials(t)
+	const cause = "INTERNAL_ERROR: storage failure: No space left on device"
+	ln, served := centralOnce(t, dir, func(ln net.Listener, br *bufio.Reader, bw *bufio.Writer) error {
+		ln.Close() // the central stops: the next dial is refused
+		return protocol.Send(bw, protocol.Error{Code: protocol.CodeInternalError, Reason: "storage failure: No space left on device"})
+	})
+	code, lines := runProgram(agencyEnv(t, dir, ln.Addr().String()))
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	log := strings.Join(lines, "\n")
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`WARNING action: connect \| result: fail \| attempt: 1 \| error: server closed the session: ` + cause + `\n`),
+		regexp.MustCompile(`WARNING action: connect \| result: fail \| attempt: 2 \| error: dial tcp .*\(the central's last answer: ` + cause + `\)\n`),
+		regexp.MustCompile(`ERROR action: exit \| result: fail \| error: giving up after 2 failed attempts: dial tcp .*\(the central's last answer: ` + cause + `\)$`),
+	} {
+		if !want.MatchString(log) {
+			t.Fatalf("log lacks %s:\n%s", want, log)
+		}
+	}
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
 	}
 }
