@@ -73,7 +73,7 @@ bench: ## Benchmark: server + N Go agencies as processes (BENCH_ARGS="--agencies
 	$(PYTHON) tools/bench.py $(BENCH_ARGS)
 
 chaos: ## Fault injection (tools/chaos.py), 20 runs per fault (CHAOS_ARGS="--faults agency_kill --seed 7")
-	$(PYTHON) tools/chaos.py --runs 20 $(CHAOS_ARGS)
+	$(PYTHON) tools/chaos --runs 20 $(CHAOS_ARGS)
 
 data: ## Regenerate the default data set in .data/ (5 agencies, ~80,000 bets)
 	$(PYTHON) tools/gen_data.py

@@ -15,9 +15,9 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -28,11 +28,20 @@ sys.path.insert(0, str(SERVER_DIR))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from lottery import protocol  # noqa: E402
-from processes import children as worker_pids, free_port, kill_and_wait  # noqa: E402,F401  (shared with tools/)
+from wire import bet_lines, read_frame  # noqa: E402
+from processes import (  # noqa: E402,F401  (shared with tools/)
+    Central,
+    central_env,
+    children as worker_pids,
+    free_port,
+    kill_and_wait,
+    wait_until as wait_until_or,
+)
 
 DATA = ROOT / ".data"
 # Winners per agency of the default data set in .data/ (the README states the same figures).
 DEFAULT_WINNERS = {1: 3, 2: 0, 3: 2, 4: 5, 5: 1}
+T = TypeVar("T")
 WINNERS_LINE = re.compile(r"action: consulta_ganadores \| result: success \| cant_ganadores: (\d+)")
 
 
@@ -81,58 +90,42 @@ def credentials() -> Iterator[Path]:
     shutil.rmtree(CREDENTIALS, ignore_errors=True)
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """processes.wait_until, failing the test (AssertionError) when `timeout` runs out."""
+    return wait_until_or(predicate, timeout, what, interval=interval, error=AssertionError)
 
 
 class ServerProcess:
-    """The real server (server/main.py) as a child process, logging to a file."""
+    """The real server (server/main.py) as a child process, logging to a file: processes.Central
+    with the test credentials, 2 workers and short timeouts, started without an ECHO (a test
+    counts what reaches the health port) and waited for until every worker has started."""
 
     def __init__(self, storage: Path, log_path: Path, agencies: int = 1, port: int | None = None,
                  **env: object) -> None:
         self.port = port or free_port()
-        self.health_port = int(env.pop("HEALTH_PORT", 0)) or free_port(self.port)
+        self.health_port = int(str(env.pop("HEALTH_PORT", 0))) or free_port(self.port)
         self.storage = storage
         self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "SERVER_PORT": str(self.port),
-            "SERVER_IP": "127.0.0.1",
-            "STORAGE_DIR": str(storage),
-            "AGENCIES": str(agencies),
-            "WORKERS": "2",
-            "IDLE_TIMEOUT": "30",
-            "SHUTDOWN_TIMEOUT": "3",
-            "HEALTH_PORT": str(self.health_port),
-            **tls_env(),
-            **{key: str(value) for key, value in env.items()},
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+        settings: dict[str, object] = {"WORKERS": "2", "IDLE_TIMEOUT": "30", "SHUTDOWN_TIMEOUT": "3", **env}
+        self.central = Central(central_env(self.port, self.health_port, storage, agencies, CREDENTIALS, **settings),
+                               log_path)
 
-    def start(self) -> "ServerProcess":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER_DIR / "main.py")],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_until(lambda: "action: listen | result: success" in self.log() or self.proc.poll() is not None,
-                   10, "the server to listen")
-        assert self.proc.poll() is None, f"server exited early:\n{self.log()}"
+    @property
+    def env(self) -> dict[str, str]:
+        return self.central.env
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.central.proc
+
+    def start(self) -> ServerProcess:
+        self.central.start(10, echo=False, error=AssertionError, log_lines=200)
         wait_until(lambda: self.log().count("action: worker_start") >= int(self.env["WORKERS"]), 10,
                    "the workers to start")
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        return self.central.log()
 
     def wait_log(self, pattern: str, timeout: float = 10, count: int = 1) -> None:
         wait_until(lambda: len(re.findall(pattern, self.log())) >= count, timeout,
@@ -143,18 +136,12 @@ class ServerProcess:
         self.proc.send_signal(signum)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 15) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        return self.proc.wait(timeout=timeout)
+        return self.central.stop(signum, timeout)
 
     def kill(self) -> None:
         """SIGKILL the supervisor and its workers, as a crash would, and return once every one
         has exited: an exiting worker releases the instance lock, which a restart takes at once."""
-        assert self.proc is not None
-        # The supervisor first, so that it forks no replacement for a killed worker.
-        kill_and_wait([self.proc.pid, *worker_pids(self.proc.pid)], 10)
-        self.proc.wait(timeout=10)
+        self.central.kill(10)
 
 
 @pytest.fixture
@@ -201,7 +188,7 @@ class Peer:
         return bytes(data)
 
     def recv(self) -> protocol.Message:
-        return protocol.read_frame(self.read_exact)
+        return read_frame(self.read_exact)
 
     def closed_by_server(self) -> bool:
         """Whether the server ended the connection before sending one more byte: EOF, a reset,
@@ -388,13 +375,13 @@ def bet(document: str, number: str = "1", first: str = "Ana", last: str = "Lópe
 
 def chain_of(bets: list[Row], previous: int = 0) -> int:
     """The chain (protocol.md) of `bets`, continued from the chain of the bets before them."""
-    return protocol.chain(protocol.bet_lines(bets), previous)
+    return protocol.chain(bet_lines(bets), previous)
 
 
 def batch(agency: int, first: int, bets: list[Row], chain: int = 0) -> protocol.Bet:
     """A hand-made batch at an explicit position with an explicit chain, for refusals (a gap, a
     wrong chain, an unknown agency). Batches that continue an agency's bets: `AgencyBets`."""
-    return protocol.Bet(agency, first, len(bets), chain, protocol.bet_lines(bets))
+    return protocol.Bet(agency, first, len(bets), chain, bet_lines(bets))
 
 
 class AgencyBets:

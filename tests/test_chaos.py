@@ -1,4 +1,4 @@
-"""The fault-injection harness (tools/chaos.py), short: every fault, two runs each.
+"""The fault-injection harness (tools/chaos/, run as `python3 tools/chaos`), short: every fault, two runs each.
 
 Each run is the real central and real Go agencies (the network cut under Docker Compose, project
 `lottery-chaos`; the full disk on a tmpfs, which needs root) with a fault in the middle of it;
@@ -20,7 +20,7 @@ TIMEOUT = 900  # measured: about 2 minutes (image build cached)
 
 
 def run_chaos(*args: str) -> tuple[int, str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "chaos.py"), *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "chaos"), *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=TIMEOUT)
@@ -31,7 +31,7 @@ def run_chaos(*args: str) -> tuple[int, str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
-        raise AssertionError(f"tools/chaos.py did not finish within {TIMEOUT} s:\n{out[-6000:]}")
+        raise AssertionError(f"tools/chaos did not finish within {TIMEOUT} s:\n{out[-6000:]}") from None
     return proc.returncode, out
 
 

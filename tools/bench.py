@@ -32,7 +32,6 @@ import os
 import re
 import select
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,12 +39,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from processes import (  # tools/ is on sys.path when run
+    Central,
+    central_env,
+    children,
+    cpu_seconds,
+    free_port,
+    peak_rss_kib,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 
-from processes import children, cpu_seconds, free_port, kill_and_wait, peak_rss_kib  # noqa: E402  (tools/ is on sys.path when run)
+
+def fail(message: str) -> SystemExit:
+    """How bench.py gives up: exit with `bench: <message>`."""
+    return SystemExit(f"bench: {message}")
 
 
-def wait_all(procs: list[subprocess.Popen], timeout: float) -> tuple[float, float]:
+def wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> tuple[float, float]:
     """Wait for every process; return the monotonic time the last one exited and the CPU time
     (user + system) they used together.
 
@@ -62,7 +73,7 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> tuple[float, floa
     while pending:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise SystemExit(f"bench: {len(pending)} agencies still running after {timeout:g}s")
+            raise fail(f"{len(pending)} agencies still running after {timeout:g}s")
         for fd, _ in poller.poll(remaining * 1000):
             last = time.monotonic()
             poller.unregister(fd)
@@ -72,15 +83,6 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> tuple[float, floa
             proc.returncode = os.waitstatus_to_exitcode(status)
             cpu += usage.ru_utime + usage.ru_stime
     return last, cpu
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise SystemExit(f"bench: timed out waiting for {what}")
 
 
 def main() -> int:
@@ -126,7 +128,8 @@ def main() -> int:
         results = [run_once(args, work, data, binary, expected, run) for run in range(1, args.runs + 1)]
     if results and args.runs > 1:
         figures = []
-        for name, values in zip(("wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds"), zip(*results)):
+        names = ("wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds")
+        for name, values in zip(names, zip(*results, strict=True), strict=True):
             figures.append(f"{name}: {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
         print(f"median (range) of {args.runs} runs: " + " | ".join(figures))
     if args.keep:
@@ -136,60 +139,41 @@ def main() -> int:
     return 0
 
 
-def echo_answered(port: int) -> bool:
-    """One ECHO round trip on the health port (version 2, type 1, empty payload)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(bytes.fromhex("020100000000"))
-            return sock.recv(6) == bytes.fromhex("020100000000")
-    except OSError:
-        return False
-
-
-def server_env(args, storage: Path, port: int) -> dict[str, str]:
-    secrets = storage.parent / "secrets"
-    return {**os.environ, "SERVER_PORT": str(port), "SERVER_IP": "127.0.0.1", "STORAGE_DIR": str(storage),
-            "AGENCIES": str(args.agencies), "WORKERS": str(args.workers), "LOGGING_LEVEL": "INFO",
-            "WORKER_CONNECTIONS": str(max(256, args.agencies)), "HEALTH_PORT": str(free_port(port)),
-            "TLS_CA": str(secrets / "ca.pem"), "TLS_CERT": str(secrets / "server.pem"),
-            "TLS_KEY": str(secrets / "server-key.pem")}
-
-
-def measure_restart(args, storage: Path, run: int) -> None:
-    """Start the central on a storage left by a killed one; time it and weigh its processes."""
+def central(args: argparse.Namespace, storage: Path, log_path: Path) -> Central:
+    """The central on a free port with the bench's settings (TLS credentials in storage/../secrets)."""
     port = free_port()
-    log_path = storage.parent / f"restart-{run}.log"
-    env = server_env(args, storage, port)
+    env = central_env(port, free_port(port), storage, args.agencies, storage.parent / "secrets",
+                      WORKERS=args.workers, LOGGING_LEVEL="INFO", WORKER_CONNECTIONS=max(256, args.agencies))
+    return Central(env, log_path)
+
+
+def measure_restart(args: argparse.Namespace, storage: Path, run: int) -> None:
+    """Start the central on a storage left by a killed one; time it and weigh its processes."""
+    server = central(args, storage, storage.parent / f"restart-{run}.log")
     journal = (storage / "journal.log").stat().st_size
-    with open(log_path, "wb") as out:
-        started = time.monotonic()
-        server = subprocess.Popen([sys.executable, str(ROOT / "server" / "main.py")], env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    proc = server.launch()
     try:
-        wait_for(lambda: "action: listen | result: success" in log_path.read_text(), 60, "the restart")
+        server.wait_listening(60, error=fail, interval=0.01)
         listening = time.monotonic() - started
-        wait_for(lambda: echo_answered(int(env["HEALTH_PORT"])), 60, "the first ECHO")
+        server.wait_answering(60, error=fail, interval=0.01)
         answered = time.monotonic() - started
         time.sleep(0.5)  # the workers have folded the journal by now
-        memory = max(peak_rss_kib(pid) for pid in [server.pid, *children(server.pid)])
+        memory = max(peak_rss_kib(pid) for pid in [proc.pid, *children(proc.pid)])
     finally:
-        kill_and_wait([server.pid, *children(server.pid)], 30)
-        server.wait(timeout=30)
+        server.kill(30)
     print(f"restart {run}: batches: {args.restart_batches} | journal_bytes: {journal} | "
           f"listen_seconds: {listening:.3f} | first_echo_seconds: {answered:.3f} | "
           f"largest_process_peak_memory_mib: {memory / 1024:.1f}")
 
 
-def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int], run: int) -> tuple[float, float, float]:
+def run_once(args: argparse.Namespace, work: Path, data: Path, binary: Path, expected: dict[int, int],
+             run: int) -> tuple[float, float, float]:
     storage = work / f"storage-{run}"
-    port = free_port()
-    server_log = work / f"server-{run}.log"
-    env = server_env(args, storage, port)
-    with open(server_log, "wb") as out:
-        server = subprocess.Popen([sys.executable, str(ROOT / "server" / "main.py")], env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+    server = central(args, storage, work / f"server-{run}.log")
+    port = server.port
     try:
-        wait_for(lambda: "action: listen | result: success" in server_log.read_text(), 10, "the server")
+        server.start(10, error=fail)
         time.sleep(0.2)  # let the workers finish starting
         agency_env = {**os.environ, "CLI_CONFIG": str(ROOT / "client" / "config.yaml"),
                       "CLI_SERVER_ADDRESS": f"127.0.0.1:{port}", "CLI_LOG_LEVEL": "INFO",
@@ -198,7 +182,7 @@ def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int
             agency_env["CLI_BATCH_MAXAMOUNT"] = str(args.batch_max_amount)
         if args.window:
             agency_env["CLI_BATCH_WINDOW"] = str(args.window)
-        logs = [open(work / f"agency-{run}-{a}.log", "wb+") for a in range(1, args.agencies + 1)]
+        logs = [open(work / f"agency-{run}-{a}.log", "wb+") for a in range(1, args.agencies + 1)]  # noqa: SIM115
         started = time.monotonic()
         agencies = [
             subprocess.Popen([str(binary)], stdout=logs[a - 1], stderr=subprocess.STDOUT,
@@ -210,33 +194,32 @@ def run_once(args, work: Path, data: Path, binary: Path, expected: dict[int, int
         last, agencies_cpu = wait_all(agencies, 600)
         wall = last - started
         codes = [agency.returncode for agency in agencies]
-        server_pids = [server.pid, *children(server.pid)]
+        server_pids = server.pids()
         memory = sum(peak_rss_kib(pid) for pid in server_pids)
         server_cpu = sum(cpu_seconds(pid) for pid in server_pids)
         problems = []
-        for agency, (code, log) in enumerate(zip(codes, logs), start=1):
+        for agency, (code, log) in enumerate(zip(codes, logs, strict=True), start=1):
             log.seek(0)
             text = log.read().decode("utf-8", "replace")
             log.close()
             found = re.search(r"action: consulta_ganadores \| result: success \| cant_ganadores: (\d+)", text)
             if code != 0 or not found or int(found.group(1)) != expected[agency]:
                 problems.append(f"agency {agency}: exit {code}, expected {expected[agency]} winners\n{text[-800:]}")
-        stored = sum(1 for _ in open(storage / "bets.csv", "rb"))
+        with open(storage / "bets.csv", "rb") as bets:
+            stored = sum(1 for _ in bets)
         if stored != args.bets:
             problems.append(f"{stored} bets stored, {args.bets} sent")
     finally:
         if args.restart_batches:  # a crash, as the restart will find it
-            kill_and_wait([server.pid, *children(server.pid)], 30)
-            server.wait(timeout=30)
+            server.kill(30)
             server_code = 0
         else:
-            server.send_signal(signal.SIGTERM)
-            server_code = server.wait(timeout=30)
+            server_code = server.stop(signal.SIGTERM, 30)
     if server_code != 0:
         problems.append(f"server exit code {server_code}")
     if problems:
         print("\n".join(problems), file=sys.stderr)
-        raise SystemExit("bench: the run was not correct; figures not reported")
+        raise fail("the run was not correct; figures not reported")
     print(f"run {run}: bets: {args.bets} | agencies: {args.agencies} | wall_seconds: {wall:.3f} | "
           f"bets_per_second: {args.bets / wall:,.0f} | server_cpu_seconds: {server_cpu:.2f} | "
           f"agencies_cpu_seconds: {agencies_cpu:.2f} | server_peak_memory_mib: {memory / 1024:.1f} | "
