@@ -167,7 +167,7 @@ func (c *conn) close() {
 func (c *conn) send(m protocol.Message, what string) error {
 	c.writeDeadline()
 	if err := protocol.Send(c.bw, m); err != nil {
-		return broken("send %s: %w", what, err)
+		return c.writeError(broken("send %s: %w", what, err))
 	}
 	return nil
 }
@@ -185,9 +185,47 @@ func (c *conn) write(frame []byte) error {
 
 func (c *conn) flush() error {
 	if err := c.bw.Flush(); err != nil {
-		return broken("write: %w", err)
+		return c.writeError(broken("write: %w", err))
 	}
 	return nil
+}
+
+// Looking for the central's answer after a failed write: how long, and how many frames.
+const (
+	pendingAnswerWait   = 200 * time.Millisecond
+	pendingAnswerFrames = 256
+)
+
+// writeError is the error of a failed write, err. A central that closes a session with an
+// ERROR (INTERNAL_ERROR, SHUTTING_DOWN, IDLE_TIMEOUT) may close it while the agency is still
+// writing (a big window): its answer, received but not read yet, names the real cause. It is
+// looked for among the frames already received, and returned first when there is one.
+func (c *conn) writeError(err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return err // a silent peer: nothing to read either
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(pendingAnswerWait))
+	for range pendingAnswerFrames {
+		m, rerr := protocol.ReadFrame(c.br)
+		if rerr != nil {
+			break
+		}
+		if e, ok := m.(protocol.Error); ok && closesSession(e.Code) {
+			return &connError{fmt.Errorf("%w; %w", &sessionClosedError{e}, err)}
+		}
+	}
+	return err
+}
+
+// closesSession reports whether the central closes the session after an ERROR with code, to
+// be retried later (IDLE_TIMEOUT, SHUTTING_DOWN, INTERNAL_ERROR).
+func closesSession(code protocol.ErrorCode) bool {
+	switch code {
+	case protocol.CodeIdleTimeout, protocol.CodeShuttingDown, protocol.CodeInternalError:
+		return true
+	}
+	return false
 }
 
 // frameBuffered reports whether a whole frame is already in the read buffer, so that reading
@@ -234,10 +272,10 @@ func (c *conn) read(d time.Duration) (protocol.Message, error) {
 		c.log.Info("connect", logs.Success, "server_address", c.address)
 	}
 	if e, ok := m.(protocol.Error); ok {
-		switch e.Code {
-		case protocol.CodeIdleTimeout, protocol.CodeShuttingDown, protocol.CodeInternalError:
+		switch {
+		case closesSession(e.Code):
 			return nil, &connError{&sessionClosedError{e}}
-		case protocol.CodeDuplicateFin:
+		case e.Code == protocol.CodeDuplicateFin:
 			return m, nil // the caller decides
 		}
 		return nil, &RefusedError{Answer: e}

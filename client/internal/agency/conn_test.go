@@ -197,3 +197,77 @@ func TestAgencyMismatchEndsTheRun(t *testing.T) {
 		t.Fatalf("the refusal was retried:\n%s", log)
 	}
 }
+
+// TestCentralsReasonOnEveryLine has the central answer HELLO with an ERROR that closes the
+// session, or close without answering: every connect line and the final error carry the
+// code and reason of the last ERROR the central gave, and a silent close says it may be the
+// certificate or a failure.
+func TestCentralsReasonOnEveryLine(t *testing.T) {
+	storage := &protocol.Error{Code: protocol.CodeInternalError, Reason: "storage failure: No space left on device"}
+	shutting := &protocol.Error{Code: protocol.CodeShuttingDown, Reason: "server shutting down"}
+	const silent = "(the central closed the connection before answering HELLO: it refuses certificates of agencies outside its round, or it failed; see its log)"
+	tests := []struct {
+		name  string
+		hello func(conn int) (*protocol.Error, bool)
+		lines []string // the connect lines, from "error: "
+		exit  string   // the end of the final error
+	}{
+		{"the same ERROR every time", func(int) (*protocol.Error, bool) { return shutting, true },
+			[]string{"server closed the session: SHUTTING_DOWN: server shutting down\n", "server closed the session: SHUTTING_DOWN: server shutting down\n"},
+			"giving up after 2 failed attempts: server closed the session: SHUTTING_DOWN: server shutting down"},
+		{"an ERROR, then silence", func(conn int) (*protocol.Error, bool) {
+			if conn == 1 {
+				return storage, true
+			}
+			return nil, false
+		}, []string{"server closed the session: INTERNAL_ERROR: storage failure: No space left on device\n",
+			"read: proto: read header: EOF " + silent + " (the central's last answer: INTERNAL_ERROR: storage failure: No space left on device)\n"},
+			silent + " (the central's last answer: INTERNAL_ERROR: storage failure: No space left on device)"},
+		{"silence only", func(int) (*protocol.Error, bool) { return nil, false },
+			[]string{"read: proto: read header: EOF " + silent + "\n", "read: proto: read header: EOF " + silent + "\n"},
+			"giving up after 2 failed attempts: read: proto: read header: EOF " + silent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newFakeServer(t)
+			srv.helloError = tt.hello
+			srv.start()
+			path, _ := csvFile(t, 5)
+			cfg := srv.config(path)
+			cfg.RetryAttempts = 2
+			_, log, err := runAgency(t, context.Background(), cfg)
+			if err == nil || !strings.HasSuffix(err.Error(), tt.exit) {
+				t.Fatalf("Run error %v, want it to end with %q\n%s", err, tt.exit, log)
+			}
+			for k, line := range tt.lines {
+				want := fmt.Sprintf("WARNING action: connect | result: fail | attempt: %d | error: %s", k+1, line)
+				if !strings.Contains(log, want) {
+					t.Fatalf("log lacks %q:\n%s", want, log)
+				}
+			}
+		})
+	}
+}
+
+// TestCentralsReasonAfterAFailedWrite has the central answer the first BET of a big window
+// with INTERNAL_ERROR and close while the agency is still writing the window: the write fails,
+// and the attempt's line names the central's answer, which the agency reads after it.
+func TestCentralsReasonAfterAFailedWrite(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.internalErrors = 1
+	srv.start()
+	path, want := csvFile(t, 12000)
+	cfg := srv.config(path)
+	cfg.BatchMaxAmount, cfg.BatchWindow = 200, 64 // about 8 kB a batch: 512 kB in flight
+	_, log, err := runAgency(t, context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, log)
+	}
+	if !bytes.Equal(srv.allStored(), want) {
+		t.Fatal("stored bets differ from the file's")
+	}
+	line := "WARNING action: connect | result: fail | attempt: 1 | error: server closed the session: INTERNAL_ERROR: disk full"
+	if !strings.Contains(log, line) {
+		t.Fatalf("log lacks %q:\n%s", line, log)
+	}
+}

@@ -45,6 +45,7 @@ type fakeServer struct {
 	shutdownQueries int                                               // answer the first N WINNERS_QUERY with SHUTTING_DOWN and close
 	badAck          bool                                              // ACK stored+1 instead of stored
 	closeUnanswered bool                                              // close every connection after the handshake, reading nothing
+	helloError      func(conn int) (*protocol.Error, bool)            // answer HELLO with this ERROR and close; nil, false: close without answering
 	refuseFirst     *protocol.Error                                   // answer the first BET of the first connection with this ERROR
 	countFrom       int                                               // count the positions received only on connections from this one
 	resume          func(conn int, r protocol.Resume) protocol.Resume // alters the RESUME answers
@@ -213,6 +214,14 @@ func (s *fakeServer) serve(c net.Conn, connNo int) {
 			s.mu.Unlock()
 			if s.resume != nil {
 				r = s.resume(connNo, r)
+			}
+			if s.helloError != nil {
+				if e, answer := s.helloError(connNo); e != nil || !answer {
+					if e != nil {
+						send(*e)
+					}
+					return
+				}
 			}
 			if !send(r) {
 				return

@@ -99,7 +99,7 @@ func (a *Agency) resend() error {
 	a.conn.writeDeadline()
 	for _, bt := range a.win.batches {
 		if err := a.conn.write(bt.Frame); err != nil {
-			return broken("resend batch of bets %d..%d: %w", bt.First, bt.Last(), err)
+			return a.conn.writeError(broken("resend batch of bets %d..%d: %w", bt.First, bt.Last(), err))
 		}
 	}
 	return a.conn.flush()
@@ -125,7 +125,7 @@ func (a *Agency) sendBets() error {
 			a.win.push(bt)
 			a.count(bt)
 			if err := a.conn.write(bt.Frame); err != nil {
-				return broken("send batch of bets %d..%d: %w", bt.First, bt.Last(), err)
+				return a.conn.writeError(broken("send batch of bets %d..%d: %w", bt.First, bt.Last(), err))
 			}
 			if a.log.Enabled(logs.Debug) {
 				bt.EachBet(func(f protocol.BetFields) {
