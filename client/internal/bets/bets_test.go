@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"lottery/client/internal/protocol"
 )
@@ -233,20 +234,10 @@ func TestReaderKeepsAccents(t *testing.T) {
 	}
 }
 
-type failingReader struct{ after io.Reader }
-
-func (f failingReader) Read(p []byte) (int, error) {
-	if f.after != nil {
-		if n, _ := f.after.Read(p); n > 0 {
-			return n, nil
-		}
-	}
-	return 0, errors.New("disk on fire")
-}
-
 func TestReaderPropagatesReadErrors(t *testing.T) {
 	for _, input := range []string{"", "Ana,Lopez,1,1990-01-01,1\nBea,"} {
-		r := NewReader(failingReader{strings.NewReader(input)})
+		// input, then a read error for good.
+		r := NewReader(io.MultiReader(strings.NewReader(input), iotest.ErrReader(errors.New("disk on fire"))))
 		var err error
 		for range 3 {
 			if _, err = r.Next(); err == nil {

@@ -19,6 +19,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 type vectorFields struct {
@@ -213,13 +214,21 @@ func TestFrameVectors(t *testing.T) {
 				t.Fatalf("Decode:\n got %#v\nwant %#v", dec, msg)
 			}
 
-			// The same through a stream, fed one byte at a time (short reads).
-			rd, err := ReadFrame(iotestOneByte(bytes.NewReader(want)))
-			if err != nil {
-				t.Fatalf("ReadFrame: %v", err)
-			}
-			if !reflect.DeepEqual(rd, msg) {
-				t.Fatalf("ReadFrame:\n got %#v\nwant %#v", rd, msg)
+			// The same through a stream: whole, one byte at a time, in halves, with io.EOF
+			// along with the last bytes.
+			for name, r := range map[string]io.Reader{
+				"whole":     bytes.NewReader(want),
+				"one byte":  iotest.OneByteReader(bytes.NewReader(want)),
+				"halves":    iotest.HalfReader(bytes.NewReader(want)),
+				"EOF early": iotest.DataErrReader(bytes.NewReader(want)),
+			} {
+				rd, err := ReadFrame(r)
+				if err != nil {
+					t.Fatalf("ReadFrame (%s): %v", name, err)
+				}
+				if !reflect.DeepEqual(rd, msg) {
+					t.Fatalf("ReadFrame (%s):\n got %#v\nwant %#v", name, rd, msg)
+				}
 			}
 
 			// And through WriteFrame / Send.
@@ -239,17 +248,6 @@ func TestFrameVectors(t *testing.T) {
 		}
 	}
 }
-
-type oneByteReader struct{ r io.Reader }
-
-func (o oneByteReader) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	return o.r.Read(p[:1])
-}
-
-func iotestOneByte(r io.Reader) io.Reader { return oneByteReader{r} }
 
 var sentinels = map[string]error{
 	"UNSUPPORTED_VERSION": ErrUnsupportedVersion,
