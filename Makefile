@@ -16,13 +16,25 @@ CLIENT_IMAGE ?= client:latest
 
 COMPOSE_FILE ?= docker-compose-dev.yaml
 COMPOSE := docker compose -f $(COMPOSE_FILE)
-PYTHON ?= python3
+# Python: every target that needs PyYAML, pytest, ruff or mypy runs $(PYTHON), the interpreter of a
+# virtual environment (VENV, default .venv) that it first creates, or updates, from requirements.txt
+# with the host's python3 (BOOTSTRAP_PYTHON) when it is missing or older than requirements.txt;
+# nothing is installed with pip outside it. $(VENV)/requirements.txt is the copy installed last.
+BOOTSTRAP_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+VENV_READY := $(VENV)/requirements.txt
+# The agency's linter, run as `go run` at this version (fetched once into the Go module cache).
+STATICCHECK_VERSION ?= v0.8.2
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
 GO_SOURCES = $$(find . -path ./vendor -prune -o -name '*.go' -print)
 
 .PHONY: help docker-image secrets docker-compose-up docker-compose-down docker-compose-logs \
-	docker-compose-reset build test test-go test-python check-docker bench chaos data lint
+	docker-compose-reset build test test-go test-python check-docker bench chaos data lint venv
+
+# The targets that run $(PYTHON) (their recipes are below).
+secrets test-python bench chaos data lint: $(VENV_READY)
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -59,15 +71,13 @@ check-docker:
 	@docker compose version >/dev/null 2>&1 || { echo "make test: the docker compose v2 plugin is missing"; exit 1; }
 	@command -v strace >/dev/null 2>&1 || { echo "make test: strace is missing (the fault tests inject fsync errors with it): apt-get install strace"; exit 1; }
 
-test-go: ## Go unit tests with the race detector, plus go vet and gofmt
-	cd client && unformatted=$$(gofmt -l $(GO_SOURCES)) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
-	cd client && go vet ./...
+test-go: ## Go unit tests with the race detector
 	cd client && go test -race ./...
 
 test-python: ## Python tests: unit, integration with real processes, Docker end to end
 	$(PYTHON) -m pytest -v tests
 
-test: check-docker test-go test-python ## Every test, the Docker ones included (fails if Docker is missing)
+test: check-docker lint test-go test-python ## Every check: lint, then every test, the Docker ones included (fails if Docker is missing)
 
 bench: ## Benchmark: server + N Go agencies as processes (BENCH_ARGS="--agencies 50 --bets 1000000", or "--restart-batches 3000000")
 	$(PYTHON) tools/bench.py $(BENCH_ARGS)
@@ -78,6 +88,16 @@ chaos: ## Fault injection (tools/chaos.py), 20 runs per fault (CHAOS_ARGS="--fau
 data: ## Regenerate the default data set in .data/ (5 agencies, ~80,000 bets)
 	$(PYTHON) tools/gen_data.py
 
-lint: ## Static checks: gofmt, go vet, Python byte-compilation
-	cd client && gofmt -l $(GO_SOURCES) && go vet ./...
-	$(PYTHON) -m compileall -q server tools tests compose_maker.py
+lint: ## Static checks, all clean or it fails: gofmt -l, go vet, staticcheck; ruff; mypy --strict on server/
+	cd client && unformatted=$$(gofmt -l $(GO_SOURCES)) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
+	cd client && go vet ./...
+	cd client && go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	$(PYTHON) -m ruff check server tools tests compose_maker.py
+	$(PYTHON) -m mypy --strict server/
+
+venv: $(VENV_READY) ## Create or update the Python environment .venv (VENV) from requirements.txt (the targets that need it do this themselves)
+
+$(VENV_READY): requirements.txt
+	@$(BOOTSTRAP_PYTHON) -m venv $(VENV) || { echo "make: '$(BOOTSTRAP_PYTHON) -m venv' failed: install the venv module (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	cp requirements.txt $@

@@ -27,6 +27,12 @@ ca-key.pem is never handed to anyone.
 --secrets-only issues credentials and writes nothing else: for agencies 1..N, or, without N, for
 whatever the compose file named by --output hands out (`make secrets` runs this before
 `docker compose up`, so a fresh clone's committed compose file gets its credentials).
+
+Run by a Python without PyYAML, it says so in one line (stderr), sets up the project's virtual
+environment as the Makefile does (`.venv`, or $LOTTERY_VENV: `python -m venv`, then `pip install
+-r requirements.txt`, done again when requirements.txt changed; `.venv/requirements.txt` is the
+copy installed last) and runs itself again with that environment's Python. Where the running
+Python cannot create one (no `venv`/`ensurepip` module), it says what to install and exits 1.
 """
 
 from __future__ import annotations
@@ -38,11 +44,78 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-import yaml
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# The virtual environment the Makefile's Python targets use (make VENV=...), and the variable that
+# marks a run as the one started in it, so a venv still lacking PyYAML fails instead of looping.
+VENV_VARIABLE = "LOTTERY_VENV"
+REEXEC_VARIABLE = "LOTTERY_VENV_REEXEC"
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
+
+def _shown(path: str) -> str:
+    relative = os.path.relpath(path)
+    return path if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
+
+
+def _run_in_venv() -> NoReturn:
+    """Run this script again with the project's venv Python (creating or updating the venv from
+    requirements.txt first); exit 1, saying what to install, where that is not possible."""
+    venv = os.path.abspath(os.environ.get(VENV_VARIABLE) or os.path.join(ROOT, ".venv"))
+    python = os.path.join(venv, "bin", "python")
+    requirements = os.path.join(ROOT, "requirements.txt")
+    installed = os.path.join(venv, "requirements.txt")
+    yourself = f"{sys.executable} -m pip install -r {_shown(requirements)}"
+
+    def fail(problem: str) -> NoReturn:
+        print(f"compose_maker.py: error: {problem}", file=sys.stderr)
+        sys.exit(1)
+
+    if os.environ.get(REEXEC_VARIABLE):
+        fail(f"PyYAML is missing even in {_shown(python)}: remove {_shown(venv)} and run again, or run {yourself}")
+    try:
+        with open(requirements, "rb") as file:
+            wanted = file.read()
+    except OSError as err:
+        fail(f"PyYAML is missing from {sys.executable} and {requirements} cannot be read ({err.strerror})")
+    try:
+        with open(installed, "rb") as file:
+            ready = file.read() == wanted and os.access(python, os.X_OK)
+    except OSError:
+        ready = False
+    creating = not os.access(python, os.X_OK)
+    if creating:
+        try:
+            import ensurepip  # noqa: F401  (what `python -m venv` needs to put pip in the venv)
+            import venv as _venv  # noqa: F401
+        except ImportError:
+            fail(f"PyYAML is missing from {sys.executable}, which cannot create {_shown(venv)} (no venv/ensurepip "
+                 f"module): install it (Debian/Ubuntu: apt-get install python3-venv) and run again, or run {yourself}")
+    how = "" if ready else f" ({'created' if creating else 'updated'} from requirements.txt)"
+    print(f"compose_maker.py: PyYAML is missing from {sys.executable}; running again with {_shown(python)}{how}",
+          file=sys.stderr, flush=True)
+    if not ready:
+        steps = [[python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", requirements]]
+        if creating:
+            steps.insert(0, [sys.executable, "-m", "venv", venv])
+        for step in steps:
+            result = subprocess.run(step, capture_output=True, text=True)
+            if result.returncode != 0:
+                output = (result.stderr.strip() or result.stdout.strip()).splitlines()
+                hint = " (Debian/Ubuntu: apt-get install python3-venv)" if step[0] == sys.executable else ""
+                fail(f"{' '.join(step[:4])} ... failed{hint}; or run {yourself}\n" + "\n".join(output[-15:]))
+        with open(installed, "wb") as copy:
+            copy.write(wanted)
+    os.environ[REEXEC_VARIABLE] = "1"
+    os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
+
+
+try:
+    import yaml
+except ImportError:  # a Python without PyYAML, as on a fresh machine: use the project's venv
+    _run_in_venv()
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 import gen_data  # noqa: E402  (tools/ is not a package)
 
 PROJECT_NAME = "lottery"
@@ -50,7 +123,6 @@ NETWORK = "lottery_net"
 STORAGE_VOLUME = "server-storage"
 STOP_GRACE_PERIOD = "10s"
 CLIENT_DATA_PATH = "/data/agency.csv"
-ROOT = os.path.dirname(os.path.abspath(__file__))
 CLIENT_DIR = os.path.join(ROOT, "client")
 DEFAULT_GO_IMAGE = "golang:1.26"
 # Where a container finds each credential: the defaults of the server's TLS_CA/TLS_CERT/TLS_KEY
