@@ -15,8 +15,8 @@ import pytest
 
 from conftest import AgencyBets, Row, batch, bet, chain_of, csv_rows, row
 from lottery import protocol
-from wire import bet_lines
 from lottery.protocol import ErrorCode
+from wire import bet_lines
 
 
 def expect_error(message: protocol.Message, code: ErrorCode, position: int = 0) -> protocol.Error:

@@ -9,8 +9,8 @@ import zlib
 
 import pytest
 
-from conftest import ROOT
 import wire
+from conftest import ROOT
 from lottery import bets, protocol
 from lottery.protocol import ErrorCode, MsgType, ProtocolError
 

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import AgencyBets, batch, bet, chain_of, csv_rows, row
 from lottery import draw, files, recovery
-from lottery.protocol import Bet
 from lottery.board import Board
 from lottery.journal import AgencyState
+from lottery.protocol import Bet
 from lottery.storage import FinOutcome, Outcome, Storage
 
 AGENCIES = 9  # the round these tests store into
