@@ -41,7 +41,7 @@ func (a *Agency) hello() error {
 		// The bets from r.Stored+1 on are numbered from there, however this run cuts them.
 		a.win = newWindow(a.cfg.BatchWindow, bets.NewBuilder(a.cfg.ID, a.cfg.BatchMaxAmount, r.Stored, r.Chain), r.Stored, r.Chain)
 		a.step = stepSend
-	case stepSend, stepFin:
+	default: // a reconnection
 		if err := a.resync(r); err != nil {
 			return err
 		}
