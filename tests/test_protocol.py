@@ -21,8 +21,8 @@ def message_from_fields(kind: str, fields: dict) -> protocol.Message:
     if kind == "ECHO":
         return protocol.Echo(bytes.fromhex(fields["payload_hex"]))
     if kind == "BET":
-        bets = [tuple(b) for b in fields["bets"]]
-        return protocol.Bet(fields["agency"], fields["first"], len(bets), fields["chain"], wire.bet_lines(bets))
+        rows = [tuple(b) for b in fields["bets"]]
+        return protocol.Bet(fields["agency"], fields["first"], len(rows), fields["chain"], wire.bet_lines(rows))
     if kind == "ACK":
         return protocol.Ack(fields["agency"], fields["stored"])
     if kind == "FIN":
@@ -156,8 +156,8 @@ def test_the_chain_is_the_crc32_of_every_bet_line_so_far_whatever_the_batching()
             chain = protocol.chain(b"".join(lines[position : position + size]), chain)
             position += size
         assert chain == whole
-    bets = protocol.Bet(1, 11, 20, protocol.chain(b"".join(lines[:10])), b"".join(lines[10:]))
-    assert bets.last == 30 and bets.chain_after == whole
+    batch = protocol.Bet(1, 11, 20, protocol.chain(b"".join(lines[:10])), b"".join(lines[10:]))
+    assert batch.last == 30 and batch.chain_after == whole
 
 
 def test_largest_vectors_fill_the_maximum_frame() -> None:

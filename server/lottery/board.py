@@ -79,10 +79,11 @@ class Board:
         word = self._words[process]
         return word >> 1 if word & 1 else None
 
-    def longest_hold(self) -> tuple[int, int] | None:
-        """(process, since) of the process that has held the lock the longest, if any holds it."""
-        holders = [(word >> 1, process) for process, word in enumerate(self._words[:MAX_PROCESSES]) if word & 1]
-        if not holders:
+    def oldest_claim(self) -> tuple[int, int] | None:
+        """(process, since) of the process that has waited for or held the lock the longest, if
+        any does: a store in progress since then."""
+        claims = [(word >> 1, process) for process, word in enumerate(self._words[:MAX_PROCESSES]) if word]
+        if not claims:
             return None
-        since, process = min(holders)
+        since, process = min(claims)
         return process, since

@@ -5,9 +5,9 @@ reason otherwise, so the container's health check reports the central unhealthy 
 
 - the storage's file system has less room than one stored batch (a full disk: batches and FINs
   are refused meanwhile, every other request is served), or
-- one process has held the append lock for more than HEALTH_STALL seconds (a stopped or hung
-  worker: it is killed after STALL_TIMEOUT, see stall.py; the lock is normally held for
-  microseconds).
+- one process has waited for or held the append lock for more than HEALTH_STALL seconds: a
+  store stuck behind a stopped or hung worker (which is killed after STALL_TIMEOUT, see
+  stall.py); the lock is normally held for microseconds.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from .board import Board, now_ms
 from .recovery import MAX_BATCH_BYTES
 
-HEALTH_STALL = 2.0  # seconds one process may hold the append lock before the central is unhealthy
+HEALTH_STALL = 2.0  # seconds a store may take before the central is unhealthy
 
 
 class StorageHealth:
@@ -35,11 +35,11 @@ class StorageHealth:
         free = status.f_bavail * status.f_frsize
         if free < MAX_BATCH_BYTES:
             return f"the storage has {free} bytes free (a full disk)"
-        hold = self.board.longest_hold()
-        if hold is not None:
-            process, since = hold
+        claim = self.board.oldest_claim()
+        if claim is not None:
+            process, since = claim
             seconds = (now_ms() - since) / 1000
             if seconds > HEALTH_STALL:
-                holder = "the supervisor" if process == 0 else f"worker {process}"
-                return f"the append lock has been held by {holder} for {seconds:.1f} s"
+                who = "the supervisor" if process == 0 else f"worker {process}"
+                return f"a store has been stuck for {seconds:.1f} s ({who} waits for or holds the append lock)"
         return None
