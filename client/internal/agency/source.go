@@ -1,6 +1,7 @@
 // This file owns the agency's bets file as the session reads it: its valid bets in order, each
 // invalid row logged (once, however often the file is read again) and counted, the batches
-// cut from them, the end of the file, and reading it again from the start.
+// cut from them, the end of the file, reading it again from the start, and the progress
+// through it (action: progreso, at each tenth of its bytes).
 
 package agency
 
@@ -24,6 +25,10 @@ type source struct {
 
 	invalidRows int // invalid rows of the file, each counted once
 	lastInvalid int // the line of the last invalid row logged: a rewind logs none twice
+
+	size     int64 // of the file, in bytes
+	bets     int   // valid bets read since the start of the file
+	reported int   // the last percentage logged (progreso): a rewind logs none twice
 }
 
 // openSource opens path; nothing is read before the first bet is asked for.
@@ -32,7 +37,11 @@ func openSource(path string, log *logs.Logger) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data.path: %w", err)
 	}
-	return &source{path: path, file: f, reader: bets.NewReader(f), log: log}, nil
+	var size int64
+	if fi, err := f.Stat(); err == nil {
+		size = fi.Size()
+	}
+	return &source{path: path, file: f, reader: bets.NewReader(f), log: log, size: size}, nil
 }
 
 // close closes the file, logging one line.
@@ -53,7 +62,7 @@ func (s *source) rewind() error {
 	if _, err := s.file.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("read %s: %w", s.path, err)
 	}
-	s.reader, s.eof = bets.NewReader(s.file), false
+	s.reader, s.eof, s.bets = bets.NewReader(s.file), false, 0
 	return nil
 }
 
@@ -64,11 +73,28 @@ func (s *source) next() ([]byte, error) {
 	switch {
 	case errors.Is(err, io.EOF):
 		s.eof = true
+		s.progress(100)
 		return nil, io.EOF
 	case err != nil:
 		return nil, fmt.Errorf("read %s: %w", s.path, err)
 	}
+	s.bets++
+	if s.size > 0 {
+		s.progress(int(s.reader.Offset() * 10 / s.size * 10))
+	}
 	return line, nil
+}
+
+// progress logs, at INFO, how far into the file the reader is when it reaches the next tenth
+// of its bytes: percent (a multiple of 10) and the valid bets read so far. At most 11 lines
+// (0 to 100) whatever the size of the file; a tenth reached again after a rewind is not
+// logged again.
+func (s *source) progress(percent int) {
+	if percent <= s.reported {
+		return
+	}
+	s.reported = percent
+	s.log.Info("progreso", logs.InProgress, "apuestas", s.bets, "porcentaje", percent)
 }
 
 // nextBatch reads bets into b until a batch is complete; it returns nil at the end of the file

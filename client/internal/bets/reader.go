@@ -141,6 +141,15 @@ func (r *Reader) Next() ([]byte, error) {
 	return r.readCSV(start)
 }
 
+// Offset is how many bytes of the input the rows read so far span, from its start (after a
+// UTF-8 BOM), blank lines and invalid rows included: how far into the file the reader is.
+func (r *Reader) Offset() int64 {
+	if r.csv == nil {
+		return 0
+	}
+	return r.fastBytes + r.csv.InputOffset()
+}
+
 // readCSV reads the next record with encoding/csv, which starts reading the input at byte
 // start or later: its input is cut at start+maxRecordBytes+readAhead.
 func (r *Reader) readCSV(start int64) ([]byte, error) {

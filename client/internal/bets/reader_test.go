@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -334,4 +335,53 @@ func FuzzReaderMatchesCSV(f *testing.F) {
 		}
 		compare(t, data, int(mode), int(at)%(len(data)+1), sz, b)
 	})
+}
+
+// TestReaderOffset checks Offset after each row: the bytes up to the end of the row's line,
+// whichever path read it (the fast path, or encoding/csv for a quote or a row cut by the
+// buffer's end), blank lines and invalid rows included, a BOM not.
+func TestReaderOffset(t *testing.T) {
+	const row = "Ana,Lopez,1,1990-01-01,7\n" // 25 bytes
+	tests := []struct {
+		name  string
+		input string
+		size  int     // of the reader's buffer (0: the default)
+		want  []int64 // Offset after each Next but the last (io.EOF)
+	}{
+		{"rows", row + row + row, 0, []int64{25, 50, 75}},
+		{"CRLF and blank lines", "\r\n" + strings.TrimSuffix(row, "\n") + "\r\n\n\n" + row, 0, []int64{28, 55}},
+		{"a quoted row", `"Ana",Lopez,1,1990-01-01,7` + "\n" + row, 0, []int64{27, 52}},
+		{"an invalid row", "Ana,Lopez,1,1990-02-30,7\n" + row, 0, []int64{25, 50}},
+		{"a BOM", "\xEF\xBB\xBF" + row + row, 0, []int64{25, 50}},
+		{"no final newline", row + strings.TrimSuffix(row, "\n"), 0, []int64{25, 49}},
+		{"rows across a small buffer", row + row + row + row, 32, []int64{25, 50, 75, 100}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r *Reader
+			if tt.size > 0 {
+				r = newReaderSize(strings.NewReader(tt.input), tt.size, maxRecordBytes+readAhead)
+			} else {
+				r = NewReader(strings.NewReader(tt.input))
+			}
+			if r.Offset() != 0 {
+				t.Fatalf("Offset %d before the first row", r.Offset())
+			}
+			var got []int64
+			for {
+				_, err := r.Next()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				var re *RowError
+				if err != nil && !errors.As(err, &re) {
+					t.Fatal(err)
+				}
+				got = append(got, r.Offset())
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("offsets %v, want %v", got, tt.want)
+			}
+		})
+	}
 }
