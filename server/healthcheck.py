@@ -14,6 +14,7 @@ script), else 12346.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import socket
 import sys
@@ -31,10 +32,8 @@ def configured_port() -> int:
         path = Path(os.environ.get("SERVER_CONFIG", Path(__file__).resolve().parent / "config.ini"))
         parser = configparser.ConfigParser(interpolation=None)
         parser.optionxform = str  # type: ignore[assignment, method-assign]  # keys are upper case
-        try:
+        with contextlib.suppress(OSError, configparser.Error, UnicodeDecodeError):  # the server reports a bad file
             parser.read(path, encoding="utf-8")
-        except (OSError, configparser.Error, UnicodeDecodeError):
-            pass  # the server itself reports a bad file
         raw = parser.defaults().get("HEALTH_PORT", str(DEFAULT_PORT))
     return int(raw.strip())
 

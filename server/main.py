@@ -15,8 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from lottery import config as server_config
-from lottery import logs, transport
+from lottery import config as server_config, logs, transport
 from lottery.channel import EXIT_START_FAILED
 from lottery.durable import StorageError
 from lottery.locks import StorageInUse

@@ -18,6 +18,7 @@ agency on the shared board, and every older session of the agency, in whichever 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import selectors
@@ -127,13 +128,15 @@ class Admission:
             self.loop.unwatch(listener)
             self.watching.discard(listener)
 
-    def accept(self, listener: socket.socket, health: bool) -> None:
-        """Accept one connection (the other workers get their turn at the next ones)."""
+    def _accept_one(self, listener: socket.socket) -> tuple[socket.socket, tuple[str, int]] | None:
+        """`accept`, skipping connections that vanished; None if there is none (or accepting ran
+        out of descriptors or memory, and is paused)."""
         while True:
             try:
                 sock, address = listener.accept()
+                return sock, address
             except (BlockingIOError, InterruptedError):
-                return
+                return None
             except OSError as err:
                 if err.errno in _TRANSIENT_ACCEPT:
                     log.info("action: accept | result: fail | worker: %d | error: %s", self.index, err)
@@ -148,13 +151,17 @@ class Admission:
                 )
                 self.paused_until = time.monotonic() + ACCEPT_PAUSE
                 self.update_accepting()
-                return
-            break
+                return None
+
+    def accept(self, listener: socket.socket, health: bool) -> None:
+        """Accept one connection (the other workers get their turn at the next ones)."""
+        accepted = self._accept_one(listener)
+        if accepted is None:
+            return
+        sock, address = accepted
         sock.setblocking(False)
-        try:
+        with contextlib.suppress(OSError):  # the peer is already gone; the first read will say so
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # the peer is already gone; the first read will say so
         peer = f"{address[0]}:{address[1]}"
         if len(self.unauthenticated) >= self.config.handshake_budget:
             oldest = next(iter(self.unauthenticated))
@@ -220,7 +227,9 @@ class Admission:
         conn.last_active = time.monotonic()
         del self.unauthenticated[conn]
         self.sessions.add(conn)
-        log.info("action: handshake | result: success | peer: %s | agency: %d | worker: %d", conn.peer, agency, self.index)
+        log.info(
+            "action: handshake | result: success | peer: %s | agency: %d | worker: %d", conn.peer, agency, self.index
+        )
         self.check_sessions()  # an older session of the agency in this worker
         self.loop.nudge()  # the other workers drop theirs
         self.update_accepting()
@@ -246,7 +255,9 @@ class Admission:
                     conn.peer,
                 )
                 if session.held is not None:
-                    log.info("action: consulta_ganadores | result: fail | agency: %d | reason: superseded", session.held)
+                    log.info(
+                        "action: consulta_ganadores | result: fail | agency: %d | reason: superseded", session.held
+                    )
                 self.loop.close(conn, "superseded")
 
     def sweep(self, now: float) -> None:

@@ -88,10 +88,11 @@ def bet_line_error(line: bytes) -> str | None:
         return "quoting"
     if len(fields) != len(FIELD_NAMES):
         return f"{len(fields)} fields, want {len(FIELD_NAMES)}"
-    for name, (value, quoted) in zip(FIELD_NAMES[:2], fields[:2]):
+    for name, (value, quoted) in zip(FIELD_NAMES[:2], fields[:2], strict=True):
         if _name_error(value, quoted):
             return name
-    for name, pattern, (value, quoted) in zip(FIELD_NAMES[2:], (_DIGITS_RE, _DATE_RE, _DIGITS_RE), fields[2:]):
+    patterns = (_DIGITS_RE, _DATE_RE, _DIGITS_RE)
+    for name, pattern, (value, quoted) in zip(FIELD_NAMES[2:], patterns, fields[2:], strict=True):
         if quoted or not pattern.fullmatch(value):
             return name
     year, month, day = fields[3][0].split(b"-")

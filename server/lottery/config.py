@@ -9,9 +9,10 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -109,7 +110,7 @@ def _path(raw: str) -> Path:
 def load(path: Path, environ: Mapping[str, str] = os.environ) -> ServerConfig:
     """Read `path`, apply environment overrides, validate; raises ConfigError."""
     parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # keep the keys' upper case
+    parser.optionxform = str  # type: ignore[assignment, method-assign]  # keep the keys' upper case
     try:
         with open(path, encoding="utf-8") as file:
             parser.read_file(file)

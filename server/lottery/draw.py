@@ -9,8 +9,8 @@ refuses new bets and FINs of a drawn round. Only the supervisor draws (superviso
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .durable import write_file_atomically
 from .files import BETS_FILE, WINNERS_FILE

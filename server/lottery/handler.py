@@ -181,7 +181,9 @@ class Handler:
         documents = (self.winners() or {}).get(agency, [])
         for page in protocol.winners_pages(agency, documents):
             self.reply_frame(session, page)
-        log.info("action: consulta_ganadores | result: success | agency: %d | cant_ganadores: %d", agency, len(documents))
+        log.info(
+            "action: consulta_ganadores | result: success | agency: %d | cant_ganadores: %d", agency, len(documents)
+        )
 
     def release_held(self, session: Session) -> bool:
         """Answer the session's held winners query once the round is drawn; True if it did."""

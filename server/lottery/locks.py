@@ -11,6 +11,7 @@ hung while holding it can be found: `holder_pid` reads the kernel's own table of
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -51,10 +52,8 @@ class InstanceLock:
                 raise StorageInUse(directory, f"pid {holder}" if holder else "pid unknown") from None
             raise
         os.ftruncate(self.fd, 0)
-        try:
+        with contextlib.suppress(OSError):  # a full disk: the pid only informs a second central
             os.pwrite(self.fd, b"%d\n" % os.getpid(), 0)
-        except OSError:
-            pass  # a full disk: the pid is only shown to a second central, the lock is what counts
 
     def close(self) -> None:
         os.close(self.fd)

@@ -12,7 +12,6 @@ import enum
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Union
 
 from .bets import InvalidBatch, validate_bets
 
@@ -180,7 +179,7 @@ class Error:
     reason: str = ""
 
 
-Message = Union[Echo, Bet, Ack, Fin, FinAck, WinnersQuery, Winners, Error, Hello, Resume]
+Message = Echo | Bet | Ack | Fin | FinAck | WinnersQuery | Winners | Error | Hello | Resume
 
 
 def chain(lines: bytes, previous: int = 0) -> int:
@@ -304,8 +303,8 @@ def decode_payload(msg_type: int, payload: bytes) -> Message:
         agency, stored = _fixed(payload, _PAIR, "ACK")
         return Ack(_positive("agency", agency), _positive("stored", stored))
     if msg_type == MsgType.FIN:
-        agency, bets, fin_chain = _fixed(payload, _FIN, "FIN")
-        return Fin(_positive("agency", agency), bets, fin_chain)
+        agency, announced, fin_chain = _fixed(payload, _FIN, "FIN")
+        return Fin(_positive("agency", agency), announced, fin_chain)
     if msg_type == MsgType.HELLO:
         (agency,) = _fixed(payload, _U32, "HELLO")
         return Hello(_positive("agency", agency))

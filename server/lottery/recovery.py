@@ -110,4 +110,6 @@ def recover(directory: Path, agencies: int) -> RecoveryReport:
     for path in (bets_path, journal_path):  # what was verified is now durable
         sync_path(path)
     sync_dir(directory)
-    return RecoveryReport(view.agencies, view.batches, len(view.fins), view.bets_end, view.offset, cut_bets, cut_journal)
+    return RecoveryReport(
+        view.agencies, view.batches, len(view.fins), view.bets_end, view.offset, cut_bets, cut_journal
+    )

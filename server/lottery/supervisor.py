@@ -29,6 +29,7 @@ period short.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -250,10 +251,8 @@ class Supervisor:
     def _close_channel(self, slot: WorkerSlot) -> None:
         if slot.channel.fileno() < 0:
             return
-        try:
+        with contextlib.suppress(KeyError):
             self.selector.unregister(slot.channel)
-        except KeyError:
-            pass
         slot.channel.close()
         log.info("action: close_channel | result: success | worker: %d", slot.index)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import ssl
 from pathlib import Path
+from typing import Any
 
 _AGENCY_NAME = re.compile(r"agency-([1-9][0-9]{0,9})")
 
@@ -96,7 +97,7 @@ def _check_signed_by(ca: Path, cert: Path, key: Path) -> None:
     raise TLSConfigError("TLS_CERT", f"{cert}: the check handshake did not complete")
 
 
-def agency_of(certificate: dict | None) -> int | None:
+def agency_of(certificate: dict[str, Any] | None) -> int | None:
     """The agency number in a verified peer certificate (``getpeercert()``), or None when its
     subject common name is not ``agency-<N>``."""
     if not certificate:
