@@ -74,25 +74,32 @@ def lock_holder(storage: Path) -> int | None:
     return None
 
 
+def worker_pid(server, index: int) -> int:
+    return next(int(pid) for number, pid in WORKER_START.findall(server.log()) if int(number) == index)
+
+
+def serving_worker(server, peer: Peer) -> int:
+    """The pid of the worker that authenticated `peer`'s connection, from the log."""
+    client_port = peer.sock.getsockname()[1]
+    pattern = rf"handshake \| result: success \| peer: 127\.0\.0\.1:{client_port} \| agency: \d+ \| worker: (\d+)"
+    found = wait_until(lambda: re.search(pattern, server.log()), 10, "the handshake's log line")
+    return worker_pid(server, int(found.group(1)))
+
+
 def stop_worker_holding_the_lock(server, tmp_path: Path) -> int:
-    """Stop one worker with SIGSTOP right after it takes the append lock (strace delivers the
-    signal as its flock returns), by sending HELLOs until one lands on it; returns its pid."""
-    pid = wait_until(lambda: worker_pids(server.proc.pid), 10, "the workers")[0]
-    hellos: list[Peer] = []
+    """Stop the worker serving agency 1's connection with SIGSTOP right after it takes the append
+    lock (strace delivers the signal as its flock returns) to answer a HELLO; returns its pid."""
+    peer = Peer(server.port, timeout=5, agency=1)
+    peer.send(protocol.Hello(1))
+    assert peer.recv() == protocol.Resume(1, 0, 0, False)
+    pid = serving_worker(server, peer)
     with strace(pid, tmp_path / "flock.trace", "-e", "trace=flock", "-e", "inject=flock:signal=SIGSTOP:when=1"):
-        deadline = time.monotonic() + 20
-        while process_state(pid) not in ("t", "T"):
-            assert time.monotonic() < deadline, "no HELLO reached the traced worker"
-            peer = Peer(server.port, timeout=5, agency=len(hellos) % 2 + 1)
-            peer.send(protocol.Hello(peer_agency := len(hellos) % 2 + 1))
-            hellos.append(peer)
-            assert peer_agency
-            time.sleep(0.05)
-    # strace has detached: the worker stays stopped, holding the lock.
+        peer.send(protocol.Hello(1))
+        wait_until(lambda: process_state(pid) in ("t", "T"), 10, "the worker to stop at its flock")
+    # strace has detached: the worker stays stopped, holding the lock
     wait_until(lambda: process_state(pid) == "T", 5, "the worker to stay stopped after strace detached")
     assert lock_holder(server.storage) == pid
-    for peer in hellos:
-        peer.close()
+    peer.close()
     return pid
 
 
@@ -216,10 +223,6 @@ def test_a_full_disk_refuses_writes_and_nothing_else(start_server, launch, small
 
 
 # --- a stale batch at a stopped worker -----------------------------------------------------------
-
-
-def worker_pid(server, index: int) -> int:
-    return next(int(pid) for number, pid in WORKER_START.findall(server.log()) if int(number) == index)
 
 
 def test_a_batch_left_at_a_stopped_worker_is_not_stored_after_its_connection_ended(start_server, launch,
