@@ -38,6 +38,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"lottery/client/internal/config"
 	"lottery/client/internal/logs"
@@ -82,7 +83,7 @@ type runStats struct {
 // Agency is one agency's run. Create it with New, call Run once, then Close.
 type Agency struct {
 	cfg     config.Config
-	log     *logs.Logger
+	log     *slog.Logger
 	dial    dialFunc
 	backoff backoff
 	check   checker
@@ -102,7 +103,7 @@ type Agency struct {
 // New opens the bets file (data.path); the file is read lazily, row by row, during Run. Every
 // connection to the central is TLS with tlsConfig (internal/transport.Client): there is no
 // plaintext mode, so a nil tlsConfig is an error.
-func New(cfg config.Config, tlsConfig *tls.Config, log *logs.Logger) (*Agency, error) {
+func New(cfg config.Config, tlsConfig *tls.Config, log *slog.Logger) (*Agency, error) {
 	if tlsConfig == nil {
 		return nil, errors.New("agency: no TLS configuration")
 	}
@@ -154,14 +155,14 @@ func (a *Agency) Run(ctx context.Context) error {
 			a.dropConn()
 			a.failures++
 			a.step = stepHello
-			a.log.Warning("verificar_apuestas", logs.InProgress, "attempt", a.failures, "reason",
+			a.log.Warn("verificar_apuestas", logs.InProgress, "attempt", a.failures, "reason",
 				"the bets stored for this agency changed since the last RESUME (an earlier connection of it?): checking the file again",
 				"error", err)
 		case errors.As(err, &ce):
 			a.dropConn()
 			a.failures++
 			err = a.withLastAnswer(err)
-			a.log.Warning("connect", logs.Fail, "attempt", a.failures, "error", err)
+			a.log.Warn("connect", logs.Fail, "attempt", a.failures, "error", err)
 		default:
 			return err
 		}

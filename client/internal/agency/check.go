@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 
@@ -22,7 +23,7 @@ import (
 type checker struct {
 	id   uint32
 	path string
-	log  *logs.Logger
+	log  *slog.Logger
 }
 
 // verify reads src from its start past the r.Stored bets the central stores: they must be the

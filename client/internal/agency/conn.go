@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"syscall"
@@ -131,13 +132,13 @@ type conn struct {
 	stop        func() bool // unregisters the close on cancellation
 	timeout     time.Duration
 	address     string
-	log         *logs.Logger
+	log         *slog.Logger
 	established bool
 }
 
 // dialConn connects to address; ctx cancelled closes the connection at once, interrupting a
 // blocked read or write.
-func dialConn(ctx context.Context, dial dialFunc, address string, timeout time.Duration, log *logs.Logger) (*conn, error) {
+func dialConn(ctx context.Context, dial dialFunc, address string, timeout time.Duration, log *slog.Logger) (*conn, error) {
 	nc, err := dial(ctx, "tcp", address)
 	if err != nil {
 		var op *net.OpError

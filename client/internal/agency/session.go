@@ -6,7 +6,9 @@
 package agency
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"math"
 
 	"lottery/client/internal/bets"
@@ -127,7 +129,7 @@ func (a *Agency) sendBets() error {
 			if err := a.conn.write(bt.Frame); err != nil {
 				return a.conn.writeError(broken("send batch of bets %d..%d: %w", bt.First, bt.Last(), err))
 			}
-			if a.log.Enabled(logs.Debug) {
+			if a.log.Enabled(context.Background(), slog.LevelDebug) {
 				bt.EachBet(func(f protocol.BetFields) {
 					a.log.Debug("apuesta_enviada", logs.Success, "dni", f.Document, "numero", f.Number)
 				})

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"lottery/client/internal/bets"
@@ -20,7 +21,7 @@ type source struct {
 	path   string
 	file   *os.File
 	reader *bets.Reader
-	log    *logs.Logger
+	log    *slog.Logger
 	eof    bool // every bet of the file has been read (into batches, or skipped as stored)
 
 	invalidRows int // invalid rows of the file, each counted once
@@ -32,7 +33,7 @@ type source struct {
 }
 
 // openSource opens path; nothing is read before the first bet is asked for.
-func openSource(path string, log *logs.Logger) (*source, error) {
+func openSource(path string, log *slog.Logger) (*source, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("data.path: %w", err)
@@ -50,7 +51,7 @@ func (s *source) close() {
 		return
 	}
 	if err := s.file.Close(); err != nil {
-		s.log.Warning("close_file", logs.Fail, "path", s.path, "error", err)
+		s.log.Warn("close_file", logs.Fail, "path", s.path, "error", err)
 	} else {
 		s.log.Info("close_file", logs.Success, "path", s.path)
 	}
@@ -125,7 +126,7 @@ func (s *source) invalidRow(e *bets.RowError) {
 	}
 	s.lastInvalid = e.Line
 	s.invalidRows++
-	s.log.Warning("leer_apuesta", logs.Fail, "line", e.Line, "reason", e.Reason)
+	s.log.Warn("leer_apuesta", logs.Fail, "line", e.Line, "reason", e.Reason)
 }
 
 // nextBet returns r's next valid bet line, passing each invalid row on the way to invalid;
