@@ -5,7 +5,7 @@ An agency file is tools/gen_data.py's rows plus special rows at random positions
 RFC 4180 CSV with Python's csv module: valid names holding commas, double quotes, semicolons and
 apostrophes, and invalid rows (impossible dates, a non-numeric document, a missing field, ...)
 that must never be stored. Reading a file back sorts its rows into valid and invalid by the
-central's own rule for a bet line.
+central's own rule for a bet line (server/lottery/bets.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gen_data
-
-try:  # the bet line's rules: their own module since the server's split, lottery.protocol before it
-    from lottery import bets as bet_rules
-except ImportError:
-    from lottery import protocol as bet_rules  # type: ignore[no-redef]
+from lottery.bets import FIELD_NAMES, bet_line, bet_line_error
 
 WINNING_NUMBER = "7574"
 AGENCIES = 3
@@ -71,14 +67,14 @@ class AgencyData:
 
 def stored_line(fields: Bet5) -> bytes:
     """The canonical bet line (with its newline) the central stores for five field values."""
-    return bet_rules.bet_line(fields)  # type: ignore[arg-type]
+    return bet_line(fields)  # type: ignore[arg-type]  # five fields: is_valid_row checked
 
 
 def is_valid_row(fields: list[str]) -> bool:
     """The central's own rule: five fields whose canonical line it accepts."""
-    if len(fields) != len(bet_rules.FIELD_NAMES):
+    if len(fields) != len(FIELD_NAMES):
         return False
-    return bet_rules.bet_line_error(stored_line(tuple(fields))[:-1]) is None
+    return bet_line_error(stored_line(tuple(fields))[:-1]) is None
 
 
 def special_rows(agency: int, rng: random.Random) -> list[list[str]]:
