@@ -1,6 +1,6 @@
 """The supervisor: owns the storage's instance lock, the listening sockets, the shared board,
-the table of workers and the signals; runs the barrier, the draw and the checkpoints (barrier.py)
-and the stall watch (stall.py).
+the table of workers (workers.py) and the signals; runs the barrier, the draw and the checkpoints
+(barrier.py) and the stall watch (stall.py) on its tick.
 
 Process model (gunicorn's arbiter): the supervisor takes the instance lock, recovers the storage,
 binds the listening sockets (the agencies' mutual-TLS port and the plaintext health port), creates
@@ -29,66 +29,50 @@ period short.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import selectors
 import signal
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 
 from .barrier import Barrier
 from .board import Board
-from .channel import EXIT_OK, EXIT_STORAGE_FAILED, Listeners, channel_pair, drain_nudges, nudge
+from .channel import EXIT_OK, EXIT_STORAGE_FAILED, Listeners
 from .config import ServerConfig
 from .durable import SyncFailed
 from .locks import InstanceLock
 from .recovery import recover
-from .signals import SignalInbox, describe_status
+from .signals import SignalInbox
 from .stall import StallWatch
 from .storage import Storage
 from .wakeup import WakeupPipe
 from .worker import run_worker
+from .workers import StorageFailed, WorkerSlot, WorkerTable
 
 log = logging.getLogger(__name__)
 
-# A worker that dies sooner than this after its start is replaced only after this delay, so a
-# worker that cannot start does not make the supervisor fork in a loop.
-RESPAWN_DELAY = 1.0
 TICK = 0.5  # seconds between re-checks of the barrier, the journal's size and the append lock
-KILL_GRACE = 2.0  # seconds SIGKILLed workers get to be reaped before the supervisor exits anyway
-
-
-@dataclass(eq=False)
-class WorkerSlot:
-    index: int
-    pid: int
-    channel: socket.socket
-    started: float
-
-
-class FailStop(Exception):
-    """The storage cannot be trusted any more: stop the central now."""
 
 
 class Supervisor:
     def __init__(self, config: ServerConfig, tls: ssl.SSLContext) -> None:
         self.config = config
         self.tls = tls
-        self.slots: dict[int, WorkerSlot] = {}  # by pid
         self.selector = selectors.DefaultSelector()
+        self.workers = WorkerTable(self.selector, self._run_worker, self._close_in_child)
         self.listeners: Listeners | None = None
         self.inbox = SignalInbox()
-        self.stopping = False
         self.instance: InstanceLock | None = None
         self.storage: Storage | None = None
         self.board = Board(config.agencies)
-        self.respawns: dict[int, float] = {}  # worker index -> when to start its replacement
         self.wakeup = WakeupPipe()
 
-    # --- start --------------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self.workers.stopping
+
+    # --- start and run ------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (EXIT_OK) or a storage failure (EXIT_STORAGE_FAILED). Raises
@@ -117,8 +101,7 @@ class Supervisor:
             self.config.ip,
             self.config.health_port,
         )
-        agencies = self._listen(self.config.port)
-        self.listeners = Listeners(agencies, health)
+        self.listeners = Listeners(self._listen(self.config.port), health)
         log.info(
             "action: listen | result: success | address: %s:%d | port: agencies, mutual TLS 1.3",
             self.config.ip,
@@ -129,32 +112,35 @@ class Supervisor:
             barrier.announce_if_needed()
             barrier.checkpoint_if_large()  # before the workers fold the journal
             for index in range(1, self.config.workers + 1):
-                self._spawn(index)
+                self.workers.spawn(index)
             self._draw(barrier, force=True)
-            next_tick = time.monotonic() + TICK
-            while not self.stopping:
-                timeout = max(0.0, next_tick - time.monotonic())
-                if self.respawns:
-                    timeout = min(timeout, 0.1)
-                nudged = False
-                for key, _ in self.selector.select(timeout=timeout):
-                    if key.data is None:
-                        self.wakeup.drain()
-                    else:
-                        nudged = self._on_worker_nudge(key.data) or nudged
-                self._handle_signals()
-                self._reap()
-                self._respawn_due()
-                now = time.monotonic()
-                if nudged or now >= next_tick:
-                    self._draw(barrier, force=nudged)
-                if now >= next_tick:
-                    barrier.checkpoint_if_large()
-                    self._kill_stalled(stall)
-                    next_tick = now + TICK
-        except (FailStop, SyncFailed) as err:
+            self._loop(barrier, stall)
+        except (StorageFailed, SyncFailed) as err:
             return self._fail_stop(str(err))
         return self._shutdown()
+
+    def _loop(self, barrier: Barrier, stall: StallWatch) -> None:
+        next_tick = time.monotonic() + TICK
+        while not self.stopping:
+            timeout = max(0.0, next_tick - time.monotonic())
+            if self.workers.respawns:
+                timeout = min(timeout, 0.1)
+            nudged = False
+            for key, _ in self.selector.select(timeout=timeout):
+                if isinstance(key.data, WorkerSlot):
+                    nudged = self.workers.on_nudge(key.data) or nudged
+                else:
+                    self.wakeup.drain()
+            self._handle_signals()
+            self.workers.reap()
+            self.workers.respawn_due()
+            now = time.monotonic()
+            if nudged or now >= next_tick:
+                self._draw(barrier, force=nudged)
+            if now >= next_tick:
+                barrier.checkpoint_if_large()
+                self._kill_stalled(stall)
+                next_tick = now + TICK
 
     def _listen(self, port: int) -> socket.socket:
         listener = socket.create_server((self.config.ip, port), backlog=self.config.listen_backlog)
@@ -171,32 +157,16 @@ class Supervisor:
         for signum in self.inbox.take():
             if signum in (signal.SIGTERM, signal.SIGINT):
                 log.info("action: shutdown | result: in_progress | signal: %s", signal.Signals(signum).name)
-                self.stopping = True
+                self.workers.stopping = True
 
-    # --- workers ------------------------------------------------------------------------------
+    # --- the workers --------------------------------------------------------------------------
 
-    def _spawn(self, index: int) -> None:
-        parent_end, child_end = channel_pair()
-        pid = os.fork()
-        if pid == 0:  # the child never returns into the supervisor's code
-            code = 1
-            try:
-                parent_end.close()
-                self._close_inherited()
-                assert self.listeners is not None
-                code = run_worker(index, self.listeners, child_end, self.config, self.tls, self.board)
-            except BaseException:
-                log.exception("action: worker_exit | result: fail | worker: %d", index)
-            finally:
-                os._exit(code)
-        child_end.close()
-        slot = WorkerSlot(index, pid, parent_end, time.monotonic())
-        self.slots[pid] = slot
-        self.selector.register(parent_end, selectors.EVENT_READ, slot)
-        log.info("action: worker_start | result: success | worker: %d | pid: %d", index, pid)
+    def _run_worker(self, index: int, channel: socket.socket) -> int:
+        assert self.listeners is not None
+        return run_worker(index, self.listeners, channel, self.config, self.tls, self.board)
 
-    def _close_inherited(self) -> None:
-        """In a new child: drop the supervisor's pipes, signals, channels and storage handle.
+    def _close_in_child(self) -> None:
+        """In a new child: drop the supervisor's signals, wake-up pipe, selector and storage handle.
 
         The listening sockets are kept (the worker accepts on them), and so are the board and the
         instance lock's descriptor: the lock then lasts as long as any process of this central."""
@@ -204,68 +174,12 @@ class Supervisor:
             signal.signal(signum, signal.SIG_DFL)
         self.wakeup.close()
         self.selector.close()
-        for slot in self.slots.values():
-            slot.channel.close()
         if self.storage is not None:
             self.storage.close()
 
-    def _on_worker_nudge(self, slot: WorkerSlot) -> bool:
-        """Drain a worker's nudges and pass one on to the others (a new session or FIN concerns
-        them all); True if there was one (the journal may have a new FIN)."""
-        if not drain_nudges(slot.channel):
-            self.selector.unregister(slot.channel)  # the worker is gone; _reap collects it
-            return False
-        for other in self.slots.values():
-            if other is not slot:
-                nudge(other.channel)
-        return True
-
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            slot = self.slots.pop(pid, None)
-            if slot is None:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            level = logging.INFO if self.stopping and code == 0 else logging.ERROR
-            log.log(
-                level,
-                "action: worker_exit | result: %s | worker: %d | pid: %d | status: %s",
-                "success" if level == logging.INFO else "fail",
-                slot.index,
-                pid,
-                describe_status(status),
-            )
-            self._close_channel(slot)
-            if code == EXIT_STORAGE_FAILED:
-                raise FailStop(f"worker {slot.index} could not use the storage")
-            if not self.stopping:  # its connections are lost; those agencies reconnect
-                early = time.monotonic() - slot.started < RESPAWN_DELAY
-                self.respawns[slot.index] = time.monotonic() + (RESPAWN_DELAY if early else 0.0)
-
-    def _close_channel(self, slot: WorkerSlot) -> None:
-        if slot.channel.fileno() < 0:
-            return
-        with contextlib.suppress(KeyError):
-            self.selector.unregister(slot.channel)
-        slot.channel.close()
-        log.info("action: close_channel | result: success | worker: %d", slot.index)
-
-    def _respawn_due(self) -> None:
-        now = time.monotonic()
-        for index, when in list(self.respawns.items()):
-            if when <= now and not self.stopping:
-                del self.respawns[index]
-                self._spawn(index)
-
     def _kill_stalled(self, stall: StallWatch) -> None:
         """Kill a worker that has held the append lock longer than STALL_TIMEOUT."""
-        found = stall.check({pid: slot.index for pid, slot in self.slots.items()})
+        found = stall.check(self.workers.pids())
         if found is None:
             return
         log.error(
@@ -276,47 +190,42 @@ class Supervisor:
             found.seconds,
             self.config.stall_timeout,
         )
-        self._signal_worker(self.slots[found.pid], signal.SIGKILL)
-
-    # --- the draw -----------------------------------------------------------------------------
+        self.workers.signal_one(self.workers.slots[found.pid], signal.SIGKILL)
 
     def _draw(self, barrier: Barrier, force: bool) -> None:
         if barrier.check(force):
-            for slot in self.slots.values():
-                nudge(slot.channel)  # a worker that misses it finds the result on its own tick
+            self.workers.nudge_all()
 
-    # --- shutdown -----------------------------------------------------------------------------
+    # --- stopping -----------------------------------------------------------------------------
 
     def _fail_stop(self, reason: str) -> int:
         """Stop now, answering nothing more: kill the workers, close, exit EXIT_STORAGE_FAILED."""
         log.critical("action: storage_sync | result: fail | reason: %s | action_taken: stopping the central", reason)
-        self.stopping = True
-        for slot in list(self.slots.values()):
-            self._signal_worker(slot, signal.SIGKILL)
-        self._reap_killed()
+        self.workers.stopping = True
+        self.workers.signal_all(signal.SIGKILL)
+        self.workers.reap_killed()
         self._close_all()
         log.error("action: exit | result: fail | reason: storage failure (fail-stop); recovery runs at the next start")
         return EXIT_STORAGE_FAILED
 
     def _shutdown(self) -> int:
         self._close_listener()
-        for slot in self.slots.values():
-            self._signal_worker(slot, signal.SIGTERM)
+        self.workers.signal_all(signal.SIGTERM)
         deadline = time.monotonic() + self.config.shutdown_timeout
         try:
-            while self.slots and time.monotonic() < deadline:
+            while self.workers.slots and time.monotonic() < deadline:
                 self.selector.select(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
                 self.wakeup.drain()
                 if any(s in (signal.SIGTERM, signal.SIGINT) for s in self.inbox.take()):
                     log.warning("action: shutdown | result: in_progress | reason: second signal, killing workers")
                     break
-                self._reap()
-        except FailStop as err:
+                self.workers.reap()
+        except StorageFailed as err:
             return self._fail_stop(str(err))
-        for slot in list(self.slots.values()):
+        for slot in list(self.workers.slots.values()):
             log.warning("action: stop_worker | result: in_progress | worker: %d | signal: SIGKILL", slot.index)
-            self._signal_worker(slot, signal.SIGKILL)
-        self._reap_killed()
+            self.workers.signal_one(slot, signal.SIGKILL)
+        self.workers.reap_killed()
         self._close_all()
         log.info("action: exit | result: success")
         return EXIT_OK
@@ -326,30 +235,6 @@ class Supervisor:
             self.listeners.close()
             self.listeners = None
             log.info("action: close_listener | result: success")
-
-    def _reap_killed(self) -> None:
-        """Reap the workers sent SIGKILL, for at most KILL_GRACE seconds (a process in an
-        uninterruptible sleep, on a hung disk, dies only when the disk answers)."""
-        deadline = time.monotonic() + KILL_GRACE
-        while self.slots and time.monotonic() < deadline:
-            for pid in list(self.slots):
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    slot = self.slots.pop(pid)
-                    log.info(
-                        "action: worker_exit | result: success | worker: %d | pid: %d | status: %s",
-                        slot.index,
-                        pid,
-                        describe_status(status),
-                    )
-                    self._close_channel(slot)
-            if self.slots:
-                time.sleep(0.01)
-        for slot in list(self.slots.values()):
-            log.error("action: worker_exit | result: fail | worker: %d | pid: %d | status: still running after"
-                      " SIGKILL (an uninterruptible sleep); leaving it", slot.index, slot.pid)
-            self._close_channel(slot)
-        self.slots.clear()
 
     def _close_all(self) -> None:
         self._close_listener()
@@ -361,11 +246,3 @@ class Supervisor:
             self.instance.close()
         self.board.close()
         self.wakeup.close()
-
-    def _signal_worker(self, slot: WorkerSlot, signum: signal.Signals) -> None:
-        try:
-            os.kill(slot.pid, signum)
-            log.info("action: stop_worker | result: success | worker: %d | signal: %s", slot.index, signum.name)
-        except ProcessLookupError:
-            pass
-
