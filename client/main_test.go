@@ -1,6 +1,8 @@
-// Tests of the program: the signal plumbing (a signal cancels the context with a cause that
-// names it), a bad TLS file stopping it at start with one config line naming the key, and an
-// AGENCY_MISMATCH refusal ending it with exit code 1.
+// Tests of the program: the signal plumbing (a signal cancels signal.NotifyContext's context
+// with a cause signalName names, and stops the program with exit code 0 and a shutdown line
+// naming it), a bad TLS file stopping it at start with one config line naming the key, an
+// AGENCY_MISMATCH refusal ending it with exit code 1, and the central's ERROR and reason
+// reaching the exit line.
 
 package main
 
