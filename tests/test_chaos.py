@@ -9,6 +9,7 @@ exact winners, and prints one table. Docker is required, as for tests/docker.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,3 +91,4 @@ def test_sigterm_mid_run_unwinds_and_exits_130() -> None:
     assert "chaos: error, stopped before the end: interrupted" in out, out[-4000:]
     assert f"{run_dir}/tmpfs" not in Path("/proc/mounts").read_text(), "the tmpfs is still mounted"
     assert processes_of(work) == [], f"processes of {work} still running:\n{out[-4000:]}"
+    shutil.rmtree(work)  # kept by the interrupted harness

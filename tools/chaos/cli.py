@@ -88,8 +88,10 @@ def prepare(faults: list[Fault[Any]], work: Path) -> Path | None:
     """What the faults need, before any run: root for a tmpfs, the Docker images, the agency
     binary (HarnessError if one cannot be had); the binary, if a fault runs processes."""
     needs = frozenset().union(*(fault.needs for fault in faults))
-    if TMPFS in needs and os.geteuid() != 0:
-        raise HarnessError("disk_full mounts a tmpfs and needs root (run as root, or leave out disk_full)")
+    on_tmpfs = [fault.name for fault in faults if TMPFS in fault.needs]
+    if on_tmpfs and os.geteuid() != 0:
+        names = ", ".join(on_tmpfs)
+        raise HarnessError(f"{names} mounts a tmpfs and needs root (run as root, or leave out {names})")
     binary = build_agency_binary(work) if PROCESSES in needs else None
     if DOCKER in needs:
         build_images()

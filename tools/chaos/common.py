@@ -24,7 +24,6 @@ from typing import TypeVar
 import processes
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_DIR = ROOT / "server"
 CLIENT_DIR = ROOT / "client"
 
 T = TypeVar("T")
@@ -87,6 +86,7 @@ STOP = Stop()
 
 def record_signals() -> None:
     """SIGTERM and SIGINT (Ctrl-C) only record; the waits unwind."""
+    STOP.signum = None
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, STOP.record)
 
@@ -130,13 +130,14 @@ def run_command(args: Sequence[str], timeout: float, *, cwd: Path = ROOT, env: d
     """subprocess.run with captured text output in a session of its own: subprocess.TimeoutExpired
     after `timeout` seconds and, if `interruptible`, Interrupted once a signal is recorded (cleanup
     commands are not). Either way the command's process group is killed before raising."""
+    deadline = time.monotonic() + timeout
     with subprocess.Popen(list(args), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as proc:
-        deadline = time.monotonic() + timeout
         try:
             while True:
+                left = deadline - time.monotonic()
                 try:
-                    out, err = proc.communicate(timeout=0.1 if interruptible else max(0.0, deadline - time.monotonic()))
+                    out, err = proc.communicate(timeout=min(left, 0.1) if interruptible else left)
                     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
                 except subprocess.TimeoutExpired:
                     if time.monotonic() >= deadline:

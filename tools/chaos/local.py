@@ -78,7 +78,10 @@ class Central:
 
     def kill(self) -> None:
         """SIGKILL the supervisor (frozen first) and every worker, as a crash would."""
-        self.process.kill(PROCESS_EXIT_TIMEOUT)
+        try:
+            self.process.kill(PROCESS_EXIT_TIMEOUT)
+        except (TimeoutError, subprocess.TimeoutExpired) as err:
+            raise RunProblem(f"the killed central did not exit: {err}") from None
 
     def terminate(self) -> int:
         """SIGTERM and wait for the supervisor and its workers: the supervisor's exit code."""
@@ -101,7 +104,7 @@ class Central:
     def cleanup(self) -> None:
         """Kill whatever is left of it (never raises for a process already gone)."""
         if self.alive():
-            with contextlib.suppress(TimeoutError, subprocess.TimeoutExpired):
+            with contextlib.suppress(RunProblem):
                 self.kill()
         if self.process.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
