@@ -28,7 +28,6 @@ sys.path.insert(0, str(SERVER_DIR))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from lottery import protocol  # noqa: E402
-from wire import bet_lines, read_frame  # noqa: E402
 from processes import (  # noqa: E402,F401  (shared with tools/)
     Central,
     central_env,
@@ -37,6 +36,7 @@ from processes import (  # noqa: E402,F401  (shared with tools/)
     kill_and_wait,
     wait_until as wait_until_or,
 )
+from wire import bet_lines, read_frame  # noqa: E402
 
 DATA = ROOT / ".data"
 # Winners per agency of the default data set in .data/ (the README states the same figures).
