@@ -30,7 +30,7 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 GO_SOURCES = $$(find . -path ./vendor -prune -o -name '*.go' -print)
 
-.PHONY: help docker-image secrets docker-compose-up docker-compose-down docker-compose-logs \
+.PHONY: status help docker-image secrets docker-compose-up docker-compose-down docker-compose-logs \
 	docker-compose-reset build test test-go test-python check-docker bench chaos data lint venv
 
 # The targets that run $(PYTHON) (their recipes are below).
@@ -53,6 +53,10 @@ docker-compose-up: secrets docker-image ## Build the images, issue missing crede
 docker-compose-down: ## SIGTERM everything (10 s grace), then remove the containers (the storage volume stays)
 	$(COMPOSE) stop -t 10
 	$(COMPOSE) down
+
+status: ## Table of the running central's round: bets, batches, FIN, winners per agency; draw pending or done (read in the server container)
+	@timeout 20 $(COMPOSE) exec -T server python3 -m lottery.status || { \
+	  echo "make status: the central is not running (start it with make docker-compose-up)"; exit 1; }
 
 docker-compose-logs: ## Follow the logs of every container
 	$(COMPOSE) logs -f
@@ -82,7 +86,7 @@ test: check-docker lint test-go test-python ## Every check: lint, then every tes
 bench: ## Benchmark: server + N Go agencies as processes (BENCH_ARGS="--agencies 50 --bets 1000000", or "--restart-batches 3000000")
 	$(PYTHON) tools/bench.py $(BENCH_ARGS)
 
-chaos: ## Fault injection (tools/chaos.py), 20 runs per fault (CHAOS_ARGS="--faults agency_kill --seed 7")
+chaos: ## Fault injection (python3 tools/chaos), 20 runs per fault (CHAOS_ARGS="--faults agency_kill --seed 7")
 	$(PYTHON) tools/chaos --runs 20 $(CHAOS_ARGS)
 
 data: ## Regenerate the default data set in .data/ (5 agencies, ~80,000 bets)

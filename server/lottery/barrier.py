@@ -8,6 +8,15 @@ tick. When every agency 1..AGENCIES has a FIN and the round is not drawn, the st
 (draw.py). A lost nudge or a killed worker only delays the draw by a tick. The supervisor never
 waits for the append lock: when another process holds it, the check is tried again next tick.
 
+**A barrier that explains itself.** Once the first FIN is recorded and until the draw, every
+STATUS_INTERVAL seconds one line says how many agencies are ready and which ones the draw waits
+for: ``action: sorteo | result: in_progress | agencias_listas: K/N | esperando: 2,4``.
+
+**An end-of-run report.** After the draw, and at every start on a drawn round, one line per
+agency (``action: reporte | result: success | agencia: A | apuestas: B | batches: K | ganadores:
+W``) and one total line, from the journal's per-agency state and winners.csv: streamed, never
+loading a bet.
+
 **The draw is announced once per round, even across a crash.** `action: sorteo | result: success`
 is logged once the draw's result is durable, and then the empty file ``announced`` is created and
 synced. A central that starts on a drawn round without that file (it was killed between the draw
@@ -24,11 +33,13 @@ from . import draw
 from .config import ServerConfig
 from .durable import WriteFailed, sync_dir
 from .files import ANNOUNCED_FILE
+from .journal import JournalView
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
 COMPACT_BYTES = 1 << 20  # a journal past this size is rewritten as a checkpoint
+MAX_LISTED = 20  # agencies named in one barrier line; the rest are counted
 
 
 class Barrier:
@@ -38,12 +49,17 @@ class Barrier:
         self.drawn = draw.draw_done(config.storage_dir)
         self.announced = (config.storage_dir / ANNOUNCED_FILE).exists()
         self.seen: tuple[int, int] | None = None  # the journal's (inode, size) last evaluated
+        self.view: JournalView = storage.view  # the last view folded
+        self.next_status = 0.0  # monotonic time of the next barrier line
 
-    def announce_if_needed(self) -> None:
-        """At start: announce a draw that was made but never announced."""
-        if self.drawn and not self.announced:
+    def at_start(self) -> None:
+        """At start on a drawn round: announce the draw if it never was, and report."""
+        if not self.drawn:
+            return
+        if not self.announced:
             winners = sum(len(documents) for documents in draw.load_winners(self.config.storage_dir).values())
             self._announce(winners, self.config.agencies)
+        self.report()
 
     def check(self, force: bool = False) -> bool:
         """Draw if every agency has a durable FIN; True if this call drew. Raises SyncFailed."""
@@ -58,7 +74,7 @@ class Barrier:
         if view is None:
             self.seen = None  # another process holds the lock: look again next tick
             return False
-        self.seen = identity
+        self.seen, self.view = identity, view
         finished = view.finished(self.config.agencies)
         if finished < self.config.agencies:
             return False
@@ -71,7 +87,50 @@ class Barrier:
             return False
         self.drawn = True
         self._announce(winners, finished)
+        self.report()
         return True
+
+    def log_progress(self, now: float) -> None:
+        """The barrier line, every STATUS_INTERVAL seconds from the first FIN until the draw."""
+        interval = self.config.status_interval
+        if self.drawn or not interval or now < self.next_status or not self.view.fins:
+            return
+        self.next_status = now + interval
+        agencies = self.config.agencies
+        waiting = self.view.waiting_for(agencies)
+        listed = ",".join(map(str, waiting[:MAX_LISTED]))
+        if len(waiting) > MAX_LISTED:
+            listed += f" (+{len(waiting) - MAX_LISTED} more)"
+        log.info(
+            "action: sorteo | result: in_progress | agencias_listas: %d/%d | esperando: %s",
+            agencies - len(waiting),
+            agencies,
+            listed,
+        )
+
+    def report(self) -> None:
+        """One line per agency and a total: bets, batches and winners of the round."""
+        view = self.storage.try_refresh() or self.view
+        winners = draw.load_winners(self.config.storage_dir)
+        bets = batches = won = 0
+        for agency in range(1, self.config.agencies + 1):
+            stored, count = view.state(agency).stored, view.agency_batches.get(agency, 0)
+            mine = len(winners.get(agency, ()))
+            log.info(
+                "action: reporte | result: success | agencia: %d | apuestas: %d | batches: %d | ganadores: %d",
+                agency,
+                stored,
+                count,
+                mine,
+            )
+            bets, batches, won = bets + stored, batches + count, won + mine
+        log.info(
+            "action: reporte | result: success | agencias: %d | apuestas: %d | batches: %d | ganadores: %d",
+            self.config.agencies,
+            bets,
+            batches,
+            won,
+        )
 
     def _announce(self, winners: int, agencies: int) -> None:
         log.info("action: sorteo | result: success")

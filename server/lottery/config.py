@@ -41,6 +41,7 @@ class ServerConfig:
     idle_timeout: float
     shutdown_timeout: float
     stall_timeout: float
+    status_interval: float
     health_port: int
     handshake_timeout: float
     handshake_budget: int
@@ -56,7 +57,7 @@ class ServerConfig:
             f"worker_connections: {self.worker_connections} | idle_timeout: {self.idle_timeout:g} | "
             f"shutdown_timeout: {self.shutdown_timeout:g} | health_port: {self.health_port} | "
             f"handshake_timeout: {self.handshake_timeout:g} | handshake_budget: {self.handshake_budget} | "
-            f"stall_timeout: {self.stall_timeout:g} | "
+            f"stall_timeout: {self.stall_timeout:g} | status_interval: {self.status_interval:g} | "
             f"tls_ca: {self.tls_ca} | tls_cert: {self.tls_cert} | tls_key: {self.tls_key}"
         )
 
@@ -82,6 +83,13 @@ def _seconds(raw: str) -> float:
     if not 0 < value <= 86400:
         raise ValueError(f"{value:g} is outside (0, 86400] seconds")
     return value
+
+
+def _seconds_or_off(raw: str) -> float:
+    """Seconds, or 0 for off."""
+    if raw.strip() in ("0", "0.0"):
+        return 0.0
+    return _seconds(raw)
 
 
 def _ip(raw: str) -> str:
@@ -155,6 +163,7 @@ def load(path: Path, environ: Mapping[str, str] = os.environ) -> ServerConfig:
         idle_timeout=get("IDLE_TIMEOUT", _seconds),
         shutdown_timeout=get("SHUTDOWN_TIMEOUT", _seconds),
         stall_timeout=get("STALL_TIMEOUT", _seconds),
+        status_interval=get("STATUS_INTERVAL", _seconds_or_off),
         health_port=health_port,
         handshake_timeout=get("HANDSHAKE_TIMEOUT", _seconds),
         handshake_budget=get("HANDSHAKE_BUDGET", _integer(1, 100_000)),

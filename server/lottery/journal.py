@@ -5,6 +5,7 @@ was synced::
 
     checkpoint <agencies> <bets_end> <batches>
     agency <id> <stored> <chain> <last_first>   one per agency with bets
+    batches <id> <count>                        one per agency with bets: its batches stored
     fin <id> <bets> <chain>                     one per recorded FIN
 
 and goes on with one record per change since that checkpoint::
@@ -34,6 +35,7 @@ _BASES = {
     "agency": (10, 10, 16, 10),
     "fin": (10, 10, 16),
     "batch": (10, 10, 10, 10, 16, 16),
+    "batches": (10, 10),
 }
 # kind -> the line's format; hexadecimal values are 8 digits
 _FORMATS = {
@@ -47,7 +49,7 @@ _KINDS = {kind.encode(): kind for kind in _BASES}
 class JournalRecord:
     """One journal line; `values` are its integers in order."""
 
-    kind: str  # "checkpoint", "agency", "fin" or "batch"
+    kind: str  # "checkpoint", "agency", "batches", "fin" or "batch"
     values: tuple[int, ...]
 
     def encode(self) -> bytes:
@@ -100,6 +102,7 @@ class JournalView:
     bets_end: int = 0  # size bets.csv must have
     batches: int = 0  # batches stored in the round
     agency_states: dict[int, AgencyState] = field(default_factory=dict)
+    agency_batches: dict[int, int] = field(default_factory=dict)  # agency -> batches stored
     fins: dict[int, tuple[int, int]] = field(default_factory=dict)  # agency -> (bets, chain)
 
     def state(self, agency: int) -> AgencyState:
@@ -122,15 +125,19 @@ class JournalView:
         if record.kind == "batch":
             agency, first, count, end, _, chain = values
             self.agency_states[agency] = AgencyState(first + count - 1, chain, first)
+            self.agency_batches[agency] = self.agency_batches.get(agency, 0) + 1
             self.bets_end = end
             self.batches += 1
         elif record.kind == "fin":
             self.fins[values[0]] = (values[1], values[2])
         elif record.kind == "agency":
             self.agency_states[values[0]] = AgencyState(*values[1:])
+        elif record.kind == "batches":
+            self.agency_batches[values[0]] = values[1]
         else:  # a checkpoint starts the file: the state lines after it rebuild the rest
             self.agencies, self.bets_end, self.batches = values
             self.agency_states.clear()
+            self.agency_batches.clear()
             self.fins.clear()
         self.offset += size
 
@@ -140,6 +147,7 @@ class JournalView:
         records += [
             JournalRecord("agency", (a, s.stored, s.chain, s.last_first)) for a, s in sorted(self.agency_states.items())
         ]
+        records += [JournalRecord("batches", (a, count)) for a, count in sorted(self.agency_batches.items())]
         records += [fin_record(a, *fin) for a, fin in sorted(self.fins.items())]
         return b"".join(record.encode() for record in records)
 

@@ -96,17 +96,21 @@ class AppendLock:
             self.board.lock_released(self.process)
 
     def holder_pid(self) -> int | None:
-        """The pid holding the lock now, from the kernel's table (/proc/locks); None if nobody
-        holds it or the table cannot be read."""
-        status = os.fstat(self.fd)
-        device = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
-        try:
-            with open("/proc/locks", encoding="ascii", errors="replace") as table:
-                for line in table:
-                    fields = line.split()
-                    # "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"; waiters have "->" in 2nd place
-                    if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
-                        return int(fields[4])
-        except (OSError, ValueError):
-            return None
+        """The pid holding the lock now (see `flock_holder`)."""
+        return flock_holder(os.fstat(self.fd))
+
+
+def flock_holder(status: os.stat_result) -> int | None:
+    """The pid holding an flock on the file `status` describes, from the kernel's table of locks
+    (/proc/locks); None if nobody holds one or the table cannot be read. Reading it takes no lock."""
+    device = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            for line in table:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"; waiters have "->" in 2nd place
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+                    return int(fields[4])
+    except (OSError, ValueError):
         return None
+    return None

@@ -109,7 +109,7 @@ class Supervisor:
         )
         self.selector.register(self.wakeup, selectors.EVENT_READ, None)
         try:
-            barrier.announce_if_needed()
+            barrier.at_start()
             barrier.checkpoint_if_large()  # before the workers fold the journal
             for index in range(1, self.config.workers + 1):
                 self.workers.spawn(index)
@@ -139,6 +139,7 @@ class Supervisor:
                 self._draw(barrier, force=nudged)
             if now >= next_tick:
                 barrier.checkpoint_if_large()
+                barrier.log_progress(now)
                 self._kill_stalled(stall)
                 next_tick = now + TICK
 
