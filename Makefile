@@ -47,8 +47,8 @@ secrets: ## Issue the missing TLS credentials (.secrets/) of the server and the 
 	@test -f $(COMPOSE_FILE) || { echo "$(COMPOSE_FILE) is missing: run 'python compose_maker.py N' first"; exit 1; }
 	$(PYTHON) compose_maker.py --secrets-only --output $(COMPOSE_FILE)
 
-docker-compose-up: secrets docker-image ## Build the images, issue missing credentials, start the server, then the agencies once it is healthy
-	$(COMPOSE) up -d
+docker-compose-up: secrets docker-image ## Build the images, issue missing credentials, start the server, then the agencies once it is healthy; says why if the central refuses to start
+	python3 tools/compose_up.py $(COMPOSE)
 
 docker-compose-down: ## SIGTERM everything (10 s grace), then remove the containers (the storage volume stays)
 	$(COMPOSE) stop -t 10

@@ -4,6 +4,12 @@
     python tools/bench.py                                  # 5 agencies, 80,000 bets (the default set's size)
     python tools/bench.py --agencies 50 --bets 1000000
     python tools/bench.py --restart-batches 3000000        # restart over 3,000,000 one-bet batches
+    python tools/bench.py --sweep                          # 5 to 1,000 agencies, 1,000,000 bets: a table
+
+With --sweep [COUNTS] it runs the same benchmark for each number of agencies in COUNTS (default
+5,10,50,100,500,1000; --bets is the total, default 1,000,000 for a sweep) and ends with a table of
+bets per second, server CPU and peak memory per count, then the same figures as a Mermaid
+`xychart-beta` block (bets per second against agencies) to paste into docs/benchmarks.md.
 
 It generates a data set with tools/gen_data.py into a temporary directory, builds the agency
 binary, starts the server with its storage in that directory (fsync'd acknowledgements, as in
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from processes import (  # tools/ is on sys.path when run
@@ -49,6 +56,20 @@ from processes import (  # tools/ is on sys.path when run
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+SWEEP = "5,10,50,100,500,1000"
+SWEEP_BETS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One run's figures."""
+
+    wall: float
+    server_cpu: float
+    agencies_cpu: float
+    server_memory_mib: float
 
 
 def fail(message: str) -> SystemExit:
@@ -96,7 +117,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print it")
     parser.add_argument("--restart-batches", type=int, default=0, metavar="N",
                         help="measure a restart over N one-bet batches instead (implies --batch-max-amount 1)")
+    parser.add_argument("--sweep", nargs="?", const=SWEEP, default=None, metavar="COUNTS",
+                        help=f"run for each number of agencies in COUNTS (default {SWEEP}) and print a table")
     args = parser.parse_args()
+    if args.sweep is not None:
+        return sweep(args, parser)
     if args.restart_batches:
         args.bets, args.batch_max_amount = args.restart_batches, 1
         args.window = args.window or 256
@@ -104,13 +129,7 @@ def main() -> int:
         parser.error("need at least one agency and one bet per agency")
 
     work = Path(tempfile.mkdtemp(prefix="lottery-bench-"))
-    data = work / "data"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_data.py"), "--agencies", str(args.agencies),
-                    "--bets", str(args.bets), "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
-    expected = {}
-    for agency in range(1, args.agencies + 1):
-        text = (data / f"agency-{agency}.csv").read_bytes()
-        expected[agency] = len(re.findall(rb",7574\r?\n", text))
+    data, expected = prepare(args, work)
     binary = work / "client"
     subprocess.run(["go", "build", "-mod=vendor", "-o", str(binary), "."], cwd=ROOT / "client", check=True,
                    env={**os.environ, "CGO_ENABLED": "0"})
@@ -127,11 +146,72 @@ def main() -> int:
     else:
         results = [run_once(args, work, data, binary, expected, run) for run in range(1, args.runs + 1)]
     if results and args.runs > 1:
-        figures = []
-        names = ("wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds")
-        for name, values in zip(names, zip(*results, strict=True), strict=True):
-            figures.append(f"{name}: {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
-        print(f"median (range) of {args.runs} runs: " + " | ".join(figures))
+        print(f"median (range) of {args.runs} runs: " + summary(results))
+    if args.keep:
+        print(f"kept: {work}")
+    else:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    return 0
+
+
+def summary(results: list[Figures]) -> str:
+    figures = []
+    for name, values in (("wall_seconds", [r.wall for r in results]),
+                         ("server_cpu_seconds", [r.server_cpu for r in results]),
+                         ("agencies_cpu_seconds", [r.agencies_cpu for r in results])):
+        figures.append(f"{name}: {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+    return " | ".join(figures)
+
+
+def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict[int, int]]:
+    """The data set of args.agencies agencies and args.bets bets in `work`, and each agency's winners."""
+    data = work / f"data-{args.agencies}"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_data.py"), "--agencies", str(args.agencies),
+                    "--bets", str(args.bets), "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
+    expected = {}
+    for agency in range(1, args.agencies + 1):
+        expected[agency] = len(re.findall(rb",7574\r?\n", (data / f"agency-{agency}.csv").read_bytes()))
+    return data, expected
+
+
+def sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The benchmark for each number of agencies in args.sweep, then a table and a chart."""
+    try:
+        counts = [int(count) for count in args.sweep.split(",")]
+    except ValueError:
+        parser.error(f"--sweep takes numbers of agencies separated by commas, not {args.sweep!r}")
+    if args.bets == parser.get_default("bets"):
+        args.bets = SWEEP_BETS
+    if not counts or min(counts) < 1 or args.bets < max(counts):
+        parser.error("need at least one agency per count and one bet per agency")
+    work = Path(tempfile.mkdtemp(prefix="lottery-bench-"))
+    binary = work / "client"
+    subprocess.run(["go", "build", "-mod=vendor", "-o", str(binary), "."], cwd=ROOT / "client", check=True,
+                   env={**os.environ, "CGO_ENABLED": "0"})
+    subprocess.run(["go", "run", "-mod=vendor", "./cmd/certs", "-dir", str(work / "secrets"), "-agencies",
+                    str(max(counts))], cwd=ROOT / "client", check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "CGO_ENABLED": "0"})
+    rows = []
+    for count in counts:
+        args.agencies = count
+        data, expected = prepare(args, work)
+        results = [run_once(args, work, data, binary, expected, run) for run in range(1, args.runs + 1)]
+        wall = statistics.median(r.wall for r in results)
+        rows.append((count, args.bets / wall, statistics.median(r.server_cpu for r in results),
+                     statistics.median(r.agencies_cpu for r in results),
+                     max(r.server_memory_mib for r in results), wall))
+        subprocess.run(["rm", "-rf", str(data), *(str(p) for p in work.glob("storage-*"))], check=False)
+    print(f"\nsweep: {args.bets:,} bets, medians of {args.runs} run(s) per count")
+    print("| agencies | bets/s | wall (s) | server CPU (s) | agencies' CPU (s) | server peak memory (MiB) |")
+    print("| -------: | -----: | -------: | -------------: | ----------------: | -----------------------: |")
+    for count, rate, server_cpu, agencies_cpu, memory, wall in rows:
+        print(f"| {count:,} | {rate:,.0f} | {wall:.2f} | {server_cpu:.2f} | {agencies_cpu:.2f} | {memory:.1f} |")
+    print("\n```mermaid\nxychart-beta")
+    print(f'    title "Bets per second, {args.bets:,} bets, by number of agencies"')
+    print(f"    x-axis [{', '.join(str(row[0]) for row in rows)}]")
+    print(f'    y-axis "bets per second" 0 --> {int(max(row[1] for row in rows) * 1.2)}')
+    print(f"    bar [{', '.join(str(int(row[1])) for row in rows)}]")
+    print("```")
     if args.keep:
         print(f"kept: {work}")
     else:
@@ -168,7 +248,7 @@ def measure_restart(args: argparse.Namespace, storage: Path, run: int) -> None:
 
 
 def run_once(args: argparse.Namespace, work: Path, data: Path, binary: Path, expected: dict[int, int],
-             run: int) -> tuple[float, float, float]:
+             run: int) -> Figures:
     storage = work / f"storage-{run}"
     server = central(args, storage, work / f"server-{run}.log")
     port = server.port
@@ -224,7 +304,7 @@ def run_once(args: argparse.Namespace, work: Path, data: Path, binary: Path, exp
           f"bets_per_second: {args.bets / wall:,.0f} | server_cpu_seconds: {server_cpu:.2f} | "
           f"agencies_cpu_seconds: {agencies_cpu:.2f} | server_peak_memory_mib: {memory / 1024:.1f} | "
           f"winners: {sum(expected.values())}")
-    return wall, server_cpu, agencies_cpu
+    return Figures(wall, server_cpu, agencies_cpu, memory / 1024)
 
 
 if __name__ == "__main__":
