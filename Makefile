@@ -15,7 +15,8 @@ SERVER_IMAGE ?= server:latest
 CLIENT_IMAGE ?= client:latest
 
 COMPOSE_FILE ?= docker-compose-dev.yaml
-COMPOSE := docker compose -f $(COMPOSE_FILE)
+COMPOSE_PROJECT ?=
+COMPOSE := docker compose $(if $(COMPOSE_PROJECT),-p $(COMPOSE_PROJECT)) -f $(COMPOSE_FILE)
 # Python: every target that needs PyYAML, pytest, ruff or mypy runs $(PYTHON), the interpreter of a
 # virtual environment (VENV, default .venv) that it first creates, or updates, from requirements.txt
 # with the host's python3 (BOOTSTRAP_PYTHON) when it is missing or older than requirements.txt;

@@ -5,6 +5,7 @@ Every wait here has a timeout; a test that would hang fails instead.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -207,7 +208,7 @@ class Peer:
         self.sock.close()
 
     @classmethod
-    def handshake_pending(cls, port: int, agency: int, timeout: float = 10) -> "Peer":
+    def handshake_pending(cls, port: int, agency: int, timeout: float = 10) -> Peer:
         """A TLS connection of agency `agency` whose handshake is started (the ClientHello is
         sent) but not finished: for connections the server has not accepted yet. Finish it with
         `finish_handshake`."""
@@ -216,10 +217,8 @@ class Peer:
         peer.sock = agency_context(agency).wrap_socket(raw, server_hostname="localhost",
                                                        do_handshake_on_connect=False)
         peer.sock.setblocking(False)
-        try:
+        with contextlib.suppress(ssl.SSLWantReadError):
             peer.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
         peer.sock.settimeout(timeout)
         return peer
 

@@ -98,7 +98,7 @@ def stop_worker_holding_the_lock(server, tmp_path: Path) -> int:
         trace = tmp_path / f"flock{attempt}.trace"
         with strace(pid, trace, "-e", "trace=flock", "-e", "inject=flock:signal=SIGSTOP:when=1"):
             peer.send(protocol.Hello(1))
-            wait_until(lambda: "stopped by SIGSTOP" in trace.read_text(), 10, "the worker to stop at its flock")
+            wait_until(lambda trace=trace: "stopped by SIGSTOP" in trace.read_text(), 10, "the worker to stop")
         # strace has detached: the worker stays stopped, holding the lock
         time.sleep(0.2)
         if process_state(pid) == "T" and lock_holder(server.storage) == pid:

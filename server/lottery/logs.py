@@ -1,7 +1,10 @@
 """Log output: one `<date> <time> <LEVEL> action: ... | result: ...` line per event on stdout.
 
-Several processes share stdout, so each record is written with a single unbuffered os.write:
-lines never interleave, and nothing sits in a buffer that a fork would duplicate.
+Several processes share stdout, so each record is written unbuffered, with os.write: nothing
+sits in a buffer that a fork would duplicate, and a record of up to PIPE_BUF (4096) bytes goes out
+in one write(2), which the kernel keeps whole on a pipe (Docker's log driver reads one), so such
+lines never interleave. A longer record (none of the contract's lines is that long) may be
+written in pieces, and another process's line could then fall between them.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class FdHandler(logging.Handler):
-    """Writes each formatted record, newline included, with one os.write to a file descriptor."""
+    """Writes each formatted record, newline included, with os.write to a file descriptor (one
+    call unless the record is longer than the descriptor takes at once)."""
 
     def __init__(self, fd: int = 1) -> None:
         super().__init__()
