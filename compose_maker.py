@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Writes docker-compose-dev.yaml: the server plus N agency clients (owns compose_maker.py).
+"""Writes docker-compose-dev.yaml and its Swarm stack file: the server plus N agency clients.
 
     python compose_maker.py [N] [--output docker-compose-dev.yaml] [--data-dir .data]
-                            [--secrets-dir .secrets]
+                            [--secrets-dir .secrets] [--stack-output FILE]
     python compose_maker.py --secrets-only [N] [--output docker-compose-dev.yaml]
 
 N (default 1) must be an integer >= 1; anything else is a usage error (exit 2) and nothing is
@@ -23,6 +23,21 @@ PATH it runs on the host; otherwise in the Go build image (GO_IMAGE, default gol
 hands them to the containers as Compose secrets: the server gets ca.pem and its own pair, agency
 i only ca.pem and agency i's pair, at the paths the programs read by default (/run/secrets/...);
 ca-key.pem is never handed to anyone.
+
+The stack file (`--stack-output`, default the compose file's name with `.stack.yaml` for `.yaml`:
+docker-compose-dev.stack.yaml) is the same system for `docker stack deploy` (`make swarm-up`):
+Swarm secrets with uid/gid/mode, Swarm configs for the two config files, an overlay network,
+`endpoint_mode: dnsrr`, restart policies, the central pinned to the nodes labelled
+`lottery.storage=true`, the images, the storage and the data directory from variables
+(SERVER_IMAGE, CLIENT_IMAGE, LOTTERY_STORAGE, LOTTERY_DATA_DIR). docs/swarm.md explains it.
+
+Both files run the containers hardened (CIS Docker Benchmark): a non-root user (the central
+10001, the agencies 10002), a read-only root filesystem, cap_drop ALL, no-new-privileges (Compose;
+Swarm on Engine 20.10 has no such service option: docs/swarm.md), memory and pids limits. The
+keys stay 0600 for every host user but one named uid: compose_maker grants the containers' user
+read access to the keys it mounts with a POSIX ACL (server-key.pem: uid 10001; agency-i-key.pem:
+uid 10002), because Compose bind-mounts file secrets as they are on the host (uid/gid/mode are
+ignored there).
 
 --secrets-only issues credentials and writes nothing else: for agencies 1..N, or, without N, for
 whatever the compose file named by --output hands out (`make secrets` runs this before
@@ -137,6 +152,31 @@ CERTS_TIMEOUT = 600  # seconds for the issuing command, a first `go run` (or ima
 # which wait for it, start then; a slower one after 4 s. Misses within `start_period` (a slow
 # recovery) do not count; after it, 3 in a row mark the server unhealthy. `timeout` bounds a probe
 # (healthcheck.py gives up after 2 s itself).
+# Hardening (docs/swarm.md, "Hardened containers"). The users are numeric (the client image is
+# scratch): the Dockerfiles set the same ones, the files say them again so an older image cannot
+# run as root.
+SERVER_UID = 10001
+AGENCY_UID = 10002
+# Limits sized from the benchmark (docs/swarm.md): the central peaks at about 90 MiB resident with
+# 1,000 agencies (make bench BENCH_ARGS="--agencies 1000 --bets 1000000"); an agency's resident
+# memory does not grow with its file (it streams it). Page cache is charged to the container too,
+# but is reclaimed at the limit.
+SERVER_MEMORY = "256m"
+SERVER_PIDS = 256  # the supervisor, one worker per CPU (WORKERS=0), health checks, docker exec
+AGENCY_MEMORY = "64m"
+AGENCY_PIDS = 64  # Go's threads
+# A central that exits 1 (bad configuration, another round's storage, the storage in use) cannot
+# be fixed by a restart, a fail-stop (exit 3) is: restarts are limited, not endless.
+SERVER_RESTART_ATTEMPTS = 5
+HARDENING: dict[str, Any] = {
+    "read_only": True,
+    "cap_drop": ["ALL"],
+}
+# Swarm (docs/swarm.md): the restart delay, the central's window for counting its attempts.
+SWARM_RESTART_DELAY = "5s"
+SWARM_SERVER_WINDOW = "2m"
+AGENCY_RESTART_ATTEMPTS = 10
+STORAGE_LABEL = "lottery.storage"
 HEALTHCHECK = {
     "test": ["CMD", "python3", "/app/healthcheck.py"],
     "interval": "2s",
@@ -215,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--secrets-dir", default=".secrets",
                         help="directory of the TLS credentials, PEM files (default .secrets); "
                              "missing ones are issued with client/cmd/certs")
+    parser.add_argument("--stack-output", default=None,
+                        help="Swarm stack file to write (default: --output with .stack.yaml for "
+                             ".yaml: docker-compose-dev.stack.yaml)")
     parser.add_argument("--secrets-only", action="store_true",
                         help="only issue the missing credentials: for agencies 1..N, or without N "
                              "for those the compose file (--output) hands to its containers")
@@ -256,6 +299,7 @@ def compose(agencies: int, data_dir: str, output: str, secrets_dir: str = ".secr
         "server": {
             "container_name": "server",
             "image": "server:latest",
+            "user": f"{SERVER_UID}:{SERVER_UID}",
             "environment": [f"AGENCIES={agencies}"],
             "volumes": ["./server/config.ini:/app/config.ini:ro", f"{STORAGE_VOLUME}:/storage"],
             # The CA (to verify the agencies) and the central's own certificate and key.
@@ -264,8 +308,10 @@ def compose(agencies: int, data_dir: str, output: str, secrets_dir: str = ".secr
             "healthcheck": {**HEALTHCHECK, "test": FlowList(HEALTHCHECK["test"])},
             "stop_grace_period": STOP_GRACE_PERIOD,
             # A fail-stop (a failed fsync: exit 3) is followed by recovery without an operator;
-            # `docker stop` and `make docker-compose-down` are not failures and stay stopped.
-            "restart": "on-failure",
+            # `docker stop` and `make docker-compose-down` are not failures and stay stopped; a
+            # central that keeps refusing to start is given up after SERVER_RESTART_ATTEMPTS.
+            "restart": f"on-failure:{SERVER_RESTART_ATTEMPTS}",
+            **_compose_hardening(SERVER_MEMORY, SERVER_PIDS),
         }
     }
     for agency in range(1, agencies + 1):
@@ -274,6 +320,7 @@ def compose(agencies: int, data_dir: str, output: str, secrets_dir: str = ".secr
         services[name] = {
             "container_name": name,
             "image": "client:latest",
+            "user": f"{AGENCY_UID}:{AGENCY_UID}",
             "environment": [f"CLI_ID={agency}", f"CLI_DATA_PATH={CLIENT_DATA_PATH}"],
             "volumes": [
                 "./client/config.yaml:/config.yaml:ro",
@@ -285,6 +332,7 @@ def compose(agencies: int, data_dir: str, output: str, secrets_dir: str = ".secr
             # Started once the central answers its health check, not merely once it was started.
             "depends_on": {"server": {"condition": "service_healthy"}},
             "stop_grace_period": STOP_GRACE_PERIOD,
+            **_compose_hardening(AGENCY_MEMORY, AGENCY_PIDS),
         }
     return {
         "name": PROJECT_NAME,
@@ -296,9 +344,150 @@ def compose(agencies: int, data_dir: str, output: str, secrets_dir: str = ".secr
     }
 
 
-def render(agencies: int, document: dict[str, Any]) -> str:
+def _compose_hardening(memory: str, pids: int) -> dict[str, Any]:
+    return {
+        **HARDENING,
+        "cap_drop": FlowList(HARDENING["cap_drop"]),
+        "security_opt": FlowList(["no-new-privileges:true"]),
+        "mem_limit": memory,
+        "pids_limit": pids,
+    }
+
+
+def _swarm_hardening() -> dict[str, Any]:
+    return {**HARDENING, "cap_drop": FlowList(HARDENING["cap_drop"])}
+
+
+def _swarm_secrets(files: dict[str, str], uid: int) -> list[dict[str, Any]]:
+    """Swarm secrets, {file in the secrets dir: name in /run/secrets}: owned by the container's
+    user, keys 0400, certificates 0444 (modes in decimal, as Swarm takes them)."""
+    return [{"source": secret_name(file), "target": target, "uid": str(uid), "gid": str(uid),
+             "mode": 0o400 if file.endswith("-key.pem") else 0o444} for file, target in files.items()]
+
+
+def stack(agencies: int, data_dir: str, output: str, secrets_dir: str = ".secrets") -> dict[str, Any]:
+    """The Swarm stack file (`docker stack deploy -c`): docs/swarm.md explains each choice."""
+    data = compose_path(data_dir, "", output).rstrip("/")
+    services: dict[str, Any] = {
+        "server": {
+            "image": "${SERVER_IMAGE:-server:latest}",
+            "user": f"{SERVER_UID}:{SERVER_UID}",
+            "environment": [f"AGENCIES={agencies}"],
+            # A named volume on the node labelled lottery.storage=true, or, with LOTTERY_STORAGE
+            # set to an absolute path, that directory (the same on every node: NFS), writable by
+            # uid 10001.
+            "volumes": [f"${{LOTTERY_STORAGE:-{STORAGE_VOLUME}}}:/storage"],
+            "configs": [{"source": "server-config", "target": "/app/config.ini", "mode": 0o444}],
+            "secrets": _swarm_secrets({CA_FILE: CA_FILE, **{f: f for f in SERVER_FILES}}, SERVER_UID),
+            "networks": FlowList([NETWORK]),
+            "healthcheck": {**HEALTHCHECK, "test": FlowList(HEALTHCHECK["test"])},
+            "stop_grace_period": STOP_GRACE_PERIOD,
+            **_swarm_hardening(),
+            "deploy": {
+                "replicas": 1,
+                "endpoint_mode": "dnsrr",
+                "placement": {"constraints": [f"node.labels.{STORAGE_LABEL} == true"]},
+                "restart_policy": {"condition": "on-failure", "delay": SWARM_RESTART_DELAY,
+                                   "max_attempts": SERVER_RESTART_ATTEMPTS, "window": SWARM_SERVER_WINDOW},
+                "resources": {"limits": {"memory": SERVER_MEMORY.upper(),
+                                         "pids": SERVER_PIDS}},
+            },
+        }
+    }
+    for agency in range(1, agencies + 1):
+        cert, key = agency_files(agency)
+        services[f"client{agency}"] = {
+            "image": "${CLIENT_IMAGE:-client:latest}",
+            "user": f"{AGENCY_UID}:{AGENCY_UID}",
+            "environment": [f"CLI_ID={agency}", f"CLI_DATA_PATH={CLIENT_DATA_PATH}"],
+            # The same path on every node that may run the agency (docs/swarm.md).
+            "volumes": [f"${{LOTTERY_DATA_DIR:-{data}}}/agency-{agency}.csv:{CLIENT_DATA_PATH}:ro"],
+            "configs": [{"source": "client-config", "target": "/config.yaml", "mode": 0o444}],
+            "secrets": _swarm_secrets({CA_FILE: CA_FILE, cert: "agency.pem", key: "agency-key.pem"}, AGENCY_UID),
+            "networks": FlowList([NETWORK]),
+            "stop_grace_period": STOP_GRACE_PERIOD,
+            **_swarm_hardening(),
+            "deploy": {
+                "replicas": 1,
+                "endpoint_mode": "dnsrr",
+                # Exit 0 (the round done) is final; a crash, a lost node, giving up while the
+                # central was away: started again, and the agency resumes where the storage says.
+                "restart_policy": {"condition": "on-failure", "delay": SWARM_RESTART_DELAY,
+                                   "max_attempts": AGENCY_RESTART_ATTEMPTS},
+                "resources": {"limits": {"memory": AGENCY_MEMORY.upper(), "pids": AGENCY_PIDS}},
+            },
+        }
+    return {
+        "version": "3.9",
+        "services": services,
+        "networks": {NETWORK: {"driver": "overlay"}},
+        "volumes": {STORAGE_VOLUME: None},
+        "configs": {
+            "server-config": {"file": compose_path(os.path.join(ROOT, "server"), "config.ini", output)},
+            "client-config": {"file": compose_path(os.path.join(ROOT, "client"), "config.yaml", output)},
+        },
+        "secrets": {secret_name(file): {"file": compose_path(secrets_dir, file, output)}
+                    for file in credential_files(agencies)},
+    }
+
+
+def stack_output(output: str) -> str:
+    """The default stack file of compose file `output`: docker-compose-dev.yaml ->
+    docker-compose-dev.stack.yaml."""
+    stem = output[:-len(".yaml")] if output.endswith(".yaml") else output
+    return stem + ".stack.yaml"
+
+
+def _posix_acl(entries: list[tuple[int, int, int]]) -> bytes:
+    """The system.posix_acl_access value of (tag, perm, id) entries (linux/posix_acl_xattr.h)."""
+    import struct
+
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in entries)
+
+
+def grant_read(path: str, uid: int) -> None:
+    """Let `uid` (a container's user) read `path`, one more POSIX ACL entry, and no one else: the
+    owner keeps its permissions, the group and others theirs (none, for a 0600 key)."""
+    import struct
+
+    mode = os.stat(path).st_mode
+    owner, group, other = (mode >> 6) & 7, (mode >> 3) & 7, mode & 7
+    try:  # with an ACL the mode's group bits are its mask: the group's own are in the ACL
+        current = os.getxattr(path, "system.posix_acl_access")
+    except OSError:
+        current = b""
+    for offset in range(4, len(current) - 7, 8):
+        tag, perm, _ = struct.unpack_from("<HHI", current, offset)
+        if tag == 0x04:
+            group = perm
+    undefined = 0xFFFFFFFF
+    acl = _posix_acl([(0x01, owner, undefined), (0x02, 4, uid), (0x04, group, undefined),
+                      (0x10, group | 4, undefined), (0x20, other, undefined)])
+    os.setxattr(path, "system.posix_acl_access", acl)
+
+
+def key_readers(agencies: int) -> dict[str, int]:
+    """{key file: the uid of the only container user that reads it}."""
+    return {SERVER_FILES[1]: SERVER_UID, **{agency_files(i)[1]: AGENCY_UID for i in range(1, agencies + 1)}}
+
+
+def grant_keys(secrets_dir: str, agencies: int) -> None:
+    """Grant each container's user read access to the key Compose bind-mounts for it."""
+    for file, uid in key_readers(agencies).items():
+        path = os.path.join(secrets_dir, file)
+        try:
+            grant_read(path, uid)
+        except OSError as err:
+            raise SecretsError(
+                f"cannot let uid {uid} (the container's user) read {path} with a POSIX ACL ({err.strerror}); "
+                f"on a filesystem without ACLs put {secrets_dir} elsewhere (--secrets-dir), or run "
+                f"'setfacl -m u:{uid}:r {path}' where it works") from None
+
+
+def render(agencies: int, document: dict[str, Any], stack_file: bool = False) -> str:
+    what = "the Swarm stack file (make swarm-up, docs/swarm.md); " if stack_file else ""
     header = (
-        f"# generated by compose_maker.py {agencies}; do not edit.\n"
+        f"# generated by compose_maker.py {agencies}; {what}do not edit.\n"
         f"# Regenerate with: python compose_maker.py {agencies}\n"
     )
     return header + yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
@@ -447,6 +636,7 @@ def secrets_only(args: argparse.Namespace) -> int:
             return 1
         for directory, agencies in needed.items():
             ensure_secrets(directory, agencies)
+            grant_keys(directory, agencies)
             print(f"credentials ready in {directory}: CA, server, agencies 1..{agencies}")
     except (OSError, yaml.YAMLError, SecretsError) as err:
         print(f"compose_maker.py: error: {err}", file=sys.stderr)
@@ -461,11 +651,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.agencies is None:
         args.agencies = 1
     problems = _data_problems(args.data_dir, args.agencies) + _secrets_problems(args.secrets_dir, args.agencies)
-    output_dir = os.path.dirname(os.path.abspath(args.output))
-    if os.path.isdir(args.output):
-        problems.append(f"--output {args.output} is a directory")
-    elif not os.path.isdir(output_dir):
-        problems.append(f"directory of --output {args.output} does not exist")
+    if args.stack_output is None:
+        args.stack_output = stack_output(args.output)
+    for option, path in (("--output", args.output), ("--stack-output", args.stack_output)):
+        if os.path.isdir(path):
+            problems.append(f"{option} {path} is a directory")
+        elif not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            problems.append(f"directory of {option} {path} does not exist")
+    if os.path.abspath(args.output) == os.path.abspath(args.stack_output):
+        problems.append(f"--stack-output {args.stack_output} is the compose file (--output)")
     if problems:
         for problem in problems:
             print(f"compose_maker.py: error: {problem}", file=sys.stderr)
@@ -473,12 +667,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ensure_data(args.data_dir, args.agencies)
         ensure_secrets(args.secrets_dir, args.agencies)
+        grant_keys(args.secrets_dir, args.agencies)
         document = compose(args.agencies, args.data_dir, args.output, args.secrets_dir)
         gen_data.write_atomically(args.output, render(args.agencies, document).encode("utf-8"))
+        swarm = stack(args.agencies, args.data_dir, args.stack_output, args.secrets_dir)
+        gen_data.write_atomically(args.stack_output, render(args.agencies, swarm, stack_file=True).encode("utf-8"))
     except (OSError, gen_data.GenerationError, SecretsError) as err:
         print(f"compose_maker.py: error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: server and {args.agencies} client(s)")
+    print(f"wrote {args.stack_output}: the same for docker stack deploy (make swarm-up)")
     return 0
 
 

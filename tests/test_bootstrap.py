@@ -69,7 +69,8 @@ def test_without_pyyaml_it_sets_up_the_venv_and_runs_again_there(bare_python: Pa
     assert line, first.stderr
     assert line["python"] == str(bare_python) and line["how"] == "created"
     assert Path(repo / "run", line["venv"]).resolve() == repo / ".venv"
-    assert first.stdout == "wrote first.yaml: server and 2 client(s)\n"
+    assert first.stdout == ("wrote first.yaml: server and 2 client(s)\n"
+                            "wrote first.stack.yaml: the same for docker stack deploy (make swarm-up)\n")
     assert "client2:" in (repo / "run" / "first.yaml").read_text()
     # The venv is the Makefile's: made from requirements.txt, whose installed copy it keeps.
     assert (repo / ".venv" / "requirements.txt").read_bytes() == (repo / "requirements.txt").read_bytes()
