@@ -106,3 +106,58 @@ $(VENV_READY): requirements.txt
 	@$(BOOTSTRAP_PYTHON) -m venv $(VENV) || { echo "make: '$(BOOTSTRAP_PYTHON) -m venv' failed: install the venv module (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	cp requirements.txt $@
+
+# --- Docker Swarm: the same system as a stack, and a three-node lab on one machine (docs/swarm.md) ---
+# STACK_FILE is written by `python compose_maker.py N` beside COMPOSE_FILE. REGISTRY (host[:port],
+# optional): swarm-up pushes the images there and the nodes pull them; without it every node must
+# hold the images already (docker save | docker load, docs/swarm.md). LOTTERY_STORAGE: an absolute
+# directory (the same on every node, e.g. NFS) instead of the node-local volume; LOTTERY_DATA_DIR:
+# where the agencies' files are on every node (default: .data/ of this checkout).
+STACK ?= lottery
+STACK_FILE ?= $(COMPOSE_FILE:.yaml=.stack.yaml)
+REGISTRY ?=
+LOTTERY_STORAGE ?=
+LOTTERY_DATA_DIR ?=
+SWARM_LOGS_ARGS ?= -f
+SWARM_LAB_ARGS ?=
+SWARM_SERVER_IMAGE = $(if $(REGISTRY),$(REGISTRY)/lottery-server:latest,$(SERVER_IMAGE))
+SWARM_CLIENT_IMAGE = $(if $(REGISTRY),$(REGISTRY)/lottery-client:latest,$(CLIENT_IMAGE))
+SWARM_ENV = SERVER_IMAGE=$(SWARM_SERVER_IMAGE) CLIENT_IMAGE=$(SWARM_CLIENT_IMAGE) \
+	$(if $(LOTTERY_STORAGE),LOTTERY_STORAGE=$(LOTTERY_STORAGE)) $(if $(LOTTERY_DATA_DIR),LOTTERY_DATA_DIR=$(LOTTERY_DATA_DIR))
+
+.PHONY: swarm-up swarm-logs swarm-status swarm-down swarm-lab swarm-lab-down
+swarm-up swarm-lab swarm-lab-down: $(VENV_READY)
+
+swarm-up: docker-image ## Deploy STACK_FILE as stack STACK on this swarm manager (labels this node lottery.storage=true if no node has it)
+	@test -f $(STACK_FILE) || { echo "$(STACK_FILE) is missing: run 'python compose_maker.py N' first"; exit 1; }
+	@test "$$(docker info -f '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true || { \
+	  echo "make swarm-up: this Docker engine is not a swarm manager: 'docker swarm init' first (docs/swarm.md)"; exit 1; }
+	$(PYTHON) compose_maker.py --secrets-only --output $(STACK_FILE)
+	@if ! docker node inspect -f '{{index .Spec.Labels "lottery.storage"}}' $$(docker node ls -q) | grep -qx true; then \
+	  echo "no node has the label lottery.storage=true: the central's storage will be on this one"; \
+	  docker node update --label-add lottery.storage=true $$(docker info -f '{{.Swarm.NodeID}}') >/dev/null; fi
+	$(if $(REGISTRY),docker tag $(SERVER_IMAGE) $(SWARM_SERVER_IMAGE) && docker push $(SWARM_SERVER_IMAGE))
+	$(if $(REGISTRY),docker tag $(CLIENT_IMAGE) $(SWARM_CLIENT_IMAGE) && docker push $(SWARM_CLIENT_IMAGE))
+	$(SWARM_ENV) docker stack deploy --resolve-image $(if $(REGISTRY),always --with-registry-auth,never) -c $(STACK_FILE) $(STACK)
+
+swarm-logs: ## Follow the logs of every service of stack STACK (SWARM_LOGS_ARGS="" prints them and returns)
+	@services=$$(docker stack services -q $(STACK)); test -n "$$services" || { echo "no stack $(STACK)"; exit 1; }; \
+	for service in $$services; do docker service logs $(SWARM_LOGS_ARGS) $$service & done; wait
+
+swarm-status: ## Where each task of stack STACK runs, then the central's table (make status) from its container on this node
+	@docker stack ps $(STACK) --format 'table {{.Name}}\t{{.Node}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}'
+	@container=$$(docker ps -q --filter label=com.docker.swarm.service.name=$(STACK)_server | head -n 1); \
+	test -n "$$container" || { echo "the central's task does not run on this node: run make swarm-status on its node (docker stack ps $(STACK))"; exit 1; }; \
+	docker exec $$container python3 /app/status.py
+
+swarm-down: ## Remove stack STACK (services, network, secrets, configs) and wait for its containers; the storage stays
+	docker stack rm $(STACK)
+	@for i in $$(seq 1 120); do \
+	  test -z "$$(docker ps -aq --filter label=com.docker.stack.namespace=$(STACK))$$(docker network ls -q --filter label=com.docker.stack.namespace=$(STACK))" && exit 0; \
+	  sleep 0.5; done; echo "make swarm-down: stack $(STACK) still has containers or networks after 60 s"; exit 1
+
+swarm-lab: docker-image ## A three-node swarm on this machine (tools/swarm_lab.py: dockerd per network namespace) running the stack
+	$(PYTHON) tools/swarm_lab.py up $(SWARM_LAB_ARGS)
+
+swarm-lab-down: ## Remove the lab: its engines, namespaces, links, mounts and files (the host's engine is left alone)
+	$(PYTHON) tools/swarm_lab.py down
