@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
 import shutil
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -156,6 +158,7 @@ def compose(images) -> Iterator[Callable[..., Compose]]:
     for project in made:
         project.down()
     COMPOSE_FILE.unlink(missing_ok=True)
+    COMPOSE_FILE.with_suffix(".stack.yaml").unlink(missing_ok=True)  # compose_maker.py writes it too
 
 
 def slow_clients(spec: dict) -> None:
@@ -171,6 +174,57 @@ def shutdown_logged(log: str) -> bool:
 
 def nc_test() -> subprocess.CompletedProcess[str]:
     return run("bash", "nc_test.sh", check=False, timeout=60)
+
+
+def check_hardened(project: Compose) -> None:
+    """The CIS Docker Benchmark settings compose_maker.py writes, on the containers as they ran:
+    a non-root user, a read-only root filesystem with the storage volume as the only writable
+    place, no capability, no new privileges, memory and pids limits; each key readable on the host
+    by its owner and its container's uid only (a POSIX ACL: docs/swarm.md)."""
+    for container in ["server", *project.clients]:
+        info = json.loads(run("docker", "inspect", container).stdout)[0]
+        central = container == "server"
+        host = info["HostConfig"]
+        assert info["Config"]["User"] == ("10001:10001" if central else "10002:10002"), container
+        assert host["ReadonlyRootfs"] is True, container
+        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"], container
+        assert host["SecurityOpt"] == ["no-new-privileges:true"], container
+        assert host["Memory"] == (256 if central else 64) * 2**20, container
+        assert host["PidsLimit"] == (256 if central else 64), container
+        assert host["Privileged"] is False, container
+        writable = [mount["Destination"] for mount in info["Mounts"] if mount["RW"]]
+        assert writable == (["/storage"] if central else []), (container, info["Mounts"])
+    assert run("docker", "inspect", "-f", "{{json .HostConfig.RestartPolicy}}", "server").stdout.strip() == (
+        '{"Name":"on-failure","MaximumRetryCount":5}')
+    # The running central: no capability at all, no_new_privs set, its user, the storage its own.
+    pid = run("docker", "inspect", "-f", "{{.State.Pid}}", "server").stdout.strip()
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    assert status["NoNewPrivs"].strip() == "1"
+    assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
+    assert status["Uid"].split()[:2] == ["10001", "10001"]
+    owner = run("docker", "exec", "server", "python3", "-c",
+                "import os; s = os.stat('/storage/bets.csv'); print(s.st_uid, s.st_gid)").stdout.split()
+    assert owner == ["10001", "10001"]
+    refused = run("docker", "exec", "server", "python3", "-c", "open('/app/x', 'w')", check=False)
+    assert refused.returncode == 1 and "Read-only file system" in refused.stderr, refused
+    # On the host the keys stay 0600 but for one named uid, the container's user.
+    for name, uid in [("server-key.pem", 10001), *((f"agency-{i}-key.pem", 10002) for i in (1, 2, 3, 4, 5))]:
+        path = SECRETS / name
+        assert path.stat().st_mode & 0o077 == 0o040, name  # group bits: the ACL's mask; others nothing
+        entries = key_acl_entries(path)
+        assert (2, 4, uid) in entries and all(tag != 2 or ident == uid for tag, _, ident in entries), name
+        assert (4, 0, 0xFFFFFFFF) in entries and (0x20, 0, 0xFFFFFFFF) in entries, name  # group, others: none
+    assert key_acl_entries(SECRETS / "ca-key.pem") == []
+
+
+def key_acl_entries(path: Path) -> list[tuple[int, int, int]]:
+    """The (tag, perm, id) entries of `path`'s POSIX ACL; [] without one."""
+    try:
+        value = os.getxattr(path, "system.posix_acl_access")
+    except OSError:
+        return []
+    return [struct.unpack_from("<HHI", value, offset) for offset in range(4, len(value), 8)]
 
 
 def test_five_agencies_get_their_winners_and_everything_stops_cleanly(compose) -> None:
@@ -198,6 +252,7 @@ def test_five_agencies_get_their_winners_and_everything_stops_cleanly(compose) -
             "/run/secrets/ca.pem": str(SECRETS / "ca.pem"),
             "/run/secrets/agency.pem": str(SECRETS / f"agency-{agency}.pem"),
             "/run/secrets/agency-key.pem": str(SECRETS / f"agency-{agency}-key.pem")}
+    check_hardened(project)
     # Nothing is published: the health port is reached from the compose network only.
     assert run("docker", "port", "server", check=False).stdout.strip() == ""
 
@@ -399,7 +454,9 @@ def test_without_go_the_credentials_are_issued_in_the_go_image(images, tmp_path:
     for name in created:
         info = (directory / name).stat()
         assert (info.st_uid, info.st_gid) == (os.getuid(), os.getgid()), name
-        assert info.st_mode & 0o777 == (0o600 if name.endswith("key.pem") else 0o644), name
+        # A key: 0600, plus read for its container's uid (a POSIX ACL, shown as the group bits).
+        expected = 0o644 if not name.endswith("key.pem") else 0o600 if name == "ca-key.pem" else 0o640
+        assert info.st_mode & 0o777 == expected, name
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.load_verify_locations(str(directory / "ca.pem"))
     client.load_cert_chain(str(directory / "agency-2.pem"), str(directory / "agency-2-key.pem"))
