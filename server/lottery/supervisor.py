@@ -40,7 +40,7 @@ from .barrier import Barrier
 from .board import Board
 from .channel import EXIT_OK, EXIT_STORAGE_FAILED, Listeners
 from .config import ServerConfig
-from .durable import SyncFailed
+from .durable import StorageError
 from .locks import InstanceLock
 from .recovery import recover
 from .signals import SignalInbox
@@ -115,7 +115,7 @@ class Supervisor:
                 self.workers.spawn(index)
             self._draw(barrier, force=True)
             self._loop(barrier, stall)
-        except (StorageFailed, SyncFailed) as err:
+        except (StorageFailed, StorageError) as err:  # SyncFailed included: fail-stop
             return self._fail_stop(str(err))
         return self._shutdown()
 

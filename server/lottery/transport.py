@@ -6,7 +6,7 @@ naming its key instead of failing every handshake later. It speaks TLS 1.3 only 
 client certificate signed by the project CA (mutual TLS, as PostgreSQL and Kafka do it).
 
 An agency's identity is the verified certificate's subject common name, ``agency-<N>``; it is
-never taken from what the peer writes in a message (worker.py checks each message against it).
+never taken from what the peer writes in a message (handler.py checks each message against it).
 """
 
 from __future__ import annotations
