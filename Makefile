@@ -49,7 +49,7 @@ secrets: ## Issue the missing TLS credentials (.secrets/) of the server and the 
 	$(PYTHON) compose_maker.py --secrets-only --output $(COMPOSE_FILE)
 
 docker-compose-up: secrets docker-image ## Build the images, issue missing credentials, start the server, then the agencies once it is healthy; says why if the central refuses to start
-	python3 tools/compose_up.py $(COMPOSE)
+	$(PYTHON) tools/compose_up.py $(COMPOSE)
 
 docker-compose-down: ## SIGTERM everything (10 s grace), then remove the containers (the storage volume stays)
 	$(COMPOSE) stop -t 10
