@@ -23,7 +23,8 @@ from pathlib import Path
 
 DEFAULT_PORT = 12346
 DEADLINE = 2.0  # seconds for the whole check: connect, send, the whole answer
-VERSION, ECHO = 2, 1
+VERSION, ECHO, ERROR = 2, 1, 8
+HEADER_SIZE, MAX_PAYLOAD = 6, 8186
 
 
 def configured_port() -> int:
@@ -39,28 +40,41 @@ def configured_port() -> int:
 
 
 def check(host: str, port: int) -> str | None:
-    """None when the central echoed the frame exactly, else what went wrong."""
+    """None when the central echoed the frame exactly, else what went wrong (the central's own
+    reason when it answered ERROR: it cannot store)."""
     payload = b"health-" + os.urandom(8).hex().encode()
     frame = bytes([VERSION, ECHO]) + len(payload).to_bytes(4, "big") + payload
     deadline = time.monotonic() + DEADLINE
     try:
         with socket.create_connection((host, port), timeout=DEADLINE) as sock:
             sock.sendall(frame)
-            answer = b""
-            while len(answer) < len(frame):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return f"{len(answer)} of {len(frame)} bytes of the echo within {DEADLINE:g} s"
-                sock.settimeout(left)
-                chunk = sock.recv(len(frame) - len(answer))
-                if not chunk:
-                    return f"closed after {len(answer)} of {len(frame)} bytes"
-                answer += chunk
-    except OSError as err:  # refused, timed out, reset
-        return f"{host}:{port}: {err.strerror or err}"
+            head = read_exact(sock, HEADER_SIZE, deadline)
+            length = int.from_bytes(head[2:6], "big")
+            if length > MAX_PAYLOAD:
+                return f"answer header {head.hex()} announces {length} bytes"
+            answer = head + read_exact(sock, length, deadline)
+    except (OSError, EOFError) as err:  # refused, timed out, reset, closed early
+        return f"{host}:{port}: {getattr(err, 'strerror', None) or err}"
+    if answer[1] == ERROR and len(answer) >= HEADER_SIZE + 6:
+        return f"the central answered ERROR: {answer[HEADER_SIZE + 6 :].decode('utf-8', 'replace')}"
     if answer != frame:
         return f"answer {answer.hex()} is not the frame sent, {frame.hex()}"
     return None
+
+
+def read_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
+    """`size` bytes before `deadline`; EOFError if the central closes first, TimeoutError after it."""
+    data = b""
+    while len(data) < size:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{len(data)} of {size} bytes within {DEADLINE:g} s")
+        sock.settimeout(left)
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError(f"closed after {len(data)} of {size} bytes")
+        data += chunk
+    return data
 
 
 def main(argv: list[str]) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lottery import config as server_config, logs, transport
 from lottery.channel import EXIT_START_FAILED
-from lottery.durable import StorageError
+from lottery.durable import StorageError, WriteFailed
 from lottery.locks import StorageInUse
 from lottery.recovery import RoundMismatch
 from lottery.supervisor import Supervisor
@@ -61,7 +61,7 @@ def main() -> int:
             err.round_agencies,
             err.round_agencies,
         )
-    except (OSError, StorageError) as err:
+    except (OSError, StorageError, WriteFailed) as err:  # e.g. a new storage on a full disk
         log.error("action: exit | result: fail | error: %s", err)
     return EXIT_START_FAILED
 

@@ -39,6 +39,9 @@ def test_the_barrier_says_whom_it_waits_for_until_the_draw(start_server, peers) 
     server.wait_log(r"action: sorteo \| result: in_progress \| agencias_listas: 2/3 \| esperando: 2\n", 5)
     finish(peers, server, 2, [])
     server.wait_log(r"action: sorteo \| result: success", 5)
+    check = subprocess.run([sys.executable, str(SERVER_DIR / "healthcheck.py"), str(server.health_port), "127.0.0.1"],
+                           capture_output=True, text=True, timeout=10)  # Docker's health check: healthy
+    assert check.returncode == 0 and check.stdout.startswith("healthcheck: ECHO answered"), check.stderr
     lines = server.log().count("agencias_listas")
     time.sleep(1.2)
     assert server.log().count("agencias_listas") == lines  # none after the draw

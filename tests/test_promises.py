@@ -38,6 +38,12 @@ from wire import bet_lines
 WORKER_START = re.compile(r"action: worker_start \| result: success \| worker: (\d+) \| pid: (\d+)")
 
 
+def healthcheck(port: int) -> subprocess.CompletedProcess[str]:
+    """The container's health check (server/healthcheck.py) against the health port."""
+    return subprocess.run([sys.executable, str(SERVER_DIR / "healthcheck.py"), str(port), "127.0.0.1"],
+                          capture_output=True, text=True, timeout=10)
+
+
 def file_rows(agency: int) -> list[tuple[str, str, str, str, str]]:
     """The default data set's rows of `agency` (plain CSV, no quoting)."""
     lines = (DATA / f"agency-{agency}.csv").read_text(encoding="utf-8").splitlines()
@@ -206,6 +212,10 @@ def test_a_full_disk_refuses_writes_and_nothing_else(start_server, launch, small
     answer = health.recv()
     assert isinstance(answer, protocol.Error) and "full disk" in answer.reason  # unhealthy meanwhile
     health.close()
+    check = healthcheck(server.health_port)  # what Docker's health check says
+    assert check.returncode == 1
+    assert re.fullmatch(r"healthcheck: fail: the central answered ERROR: cannot store: the storage has \d+ bytes"
+                        r" free \(a full disk\)\n", check.stderr), check.stderr
     agencies = [launch(a, server.port, DATA / f"agency-{a}.csv", CLI_RETRY_ATTEMPTS=200,
                        CLI_RETRY_INITIALBACKOFF="50ms", CLI_RETRY_MAXBACKOFF="300ms") for a in (1, 2, 3)]
     server.wait_log(r"action: storage_write \| result: fail .*No space left on device", count=4)
