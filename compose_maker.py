@@ -56,6 +56,7 @@ import argparse
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -440,8 +441,6 @@ def stack_output(output: str) -> str:
 
 def _posix_acl(entries: list[tuple[int, int, int]]) -> bytes:
     """The system.posix_acl_access value of (tag, perm, id) entries (linux/posix_acl_xattr.h)."""
-    import struct
-
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in entries)
 
 
