@@ -447,8 +447,6 @@ def _posix_acl(entries: list[tuple[int, int, int]]) -> bytes:
 def grant_read(path: str, uid: int) -> None:
     """Let `uid` (a container's user) read `path`, one more POSIX ACL entry, and no one else: the
     owner keeps its permissions, the group and others theirs (none, for a 0600 key)."""
-    import struct
-
     mode = os.stat(path).st_mode
     owner, group, other = (mode >> 6) & 7, (mode >> 3) & 7, mode & 7
     try:  # with an ACL the mode's group bits are its mask: the group's own are in the ACL
