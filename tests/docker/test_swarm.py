@@ -192,3 +192,25 @@ def test_the_stack_on_a_single_node_swarm(swarm: str, secrets: Path) -> None:
     assert stack_containers() == []
     # The storage stays, like make docker-compose-down's.
     assert run("docker", "volume", "inspect", f"{STACK}_server-storage", check=False).returncode == 0
+
+
+def test_swarm_up_with_a_registry_and_shared_storage() -> None:
+    """`make -n`: with REGISTRY the images are tagged and pushed there and the deploy resolves them
+    (every node pulls); LOTTERY_STORAGE and LOTTERY_DATA_DIR reach the stack file's variables."""
+    dry = run("make", "--no-print-directory", "-n", "swarm-up", "REGISTRY=registry.example:5000",
+              "LOTTERY_STORAGE=/mnt/lottery/storage", "LOTTERY_DATA_DIR=/mnt/lottery/data", "VENV=.venv")
+    lines = dry.stdout.splitlines()
+    assert "docker tag server:latest registry.example:5000/lottery-server:latest && docker push " \
+           "registry.example:5000/lottery-server:latest" in lines, dry.stdout
+    assert "docker tag client:latest registry.example:5000/lottery-client:latest && docker push " \
+           "registry.example:5000/lottery-client:latest" in lines, dry.stdout
+    deploy = [" ".join(line.split()) for line in lines if "docker stack deploy" in line]
+    assert deploy == ["SERVER_IMAGE=registry.example:5000/lottery-server:latest "
+                      "CLIENT_IMAGE=registry.example:5000/lottery-client:latest "
+                      "LOTTERY_STORAGE=/mnt/lottery/storage LOTTERY_DATA_DIR=/mnt/lottery/data "
+                      "docker stack deploy --resolve-image always --with-registry-auth "
+                      "-c docker-compose-dev.stack.yaml lottery"], dry.stdout
+    local = " ".join(run("make", "--no-print-directory", "-n", "swarm-up", "VENV=.venv").stdout.split())
+    assert "docker push" not in local
+    assert ("SERVER_IMAGE=server:latest CLIENT_IMAGE=client:latest docker stack deploy --resolve-image never "
+            "-c docker-compose-dev.stack.yaml lottery") in local, local
