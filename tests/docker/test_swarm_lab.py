@@ -46,7 +46,10 @@ def host_state() -> tuple[str, ...]:
     swarm = run("docker", "info", "-f", "{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}}").stdout.strip()
     networks = run("docker", "network", "ls", "-q", "--filter", "driver=overlay").stdout.strip()
     netns = run("ip", "netns", "list").stdout.strip()
-    return swarm, networks, netns
+    links = " ".join(sorted(line.split(":")[1].strip() for line in run("ip", "-o", "link").stdout.splitlines()))
+    rules = "\n".join(re.sub(r"\[\d+:\d+\]", "", line) for line in run("iptables-save").stdout.splitlines()
+                      if not line.startswith("#"))  # without the counters
+    return swarm, networks, netns, links, rules
 
 
 @pytest.fixture(scope="module")
