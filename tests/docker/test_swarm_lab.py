@@ -61,8 +61,7 @@ def images() -> None:
 
 @pytest.fixture
 def lab(images) -> Iterator[swarm_lab.Lab]:
-    if swarm_lab.STATE.exists():
-        swarm_lab.down()  # a leftover of an interrupted run
+    swarm_lab.down()  # a leftover of an interrupted run, if any
     before = host_state()
     made = swarm_lab.Lab(3)
     try:
@@ -234,8 +233,7 @@ def test_the_central_node_is_lost_and_swarm_moves_the_central(lab: swarm_lab.Lab
 def test_lab_cleans_up_after_a_failed_start(images, monkeypatch) -> None:
     """A start that fails half way (an image the host does not have, checked first; then a
     deploy that fails after the engines and the swarm are up) leaves nothing behind."""
-    if swarm_lab.STATE.exists():
-        swarm_lab.down()
+    swarm_lab.down()
     before = host_state()
     with pytest.raises(swarm_lab.LabError, match="is not on the host engine"):
         swarm_lab.Lab(3).up(images=("lottery-test/absent:none", IMAGES[1]))
