@@ -148,7 +148,7 @@ swarm-status: ## Where each task of stack STACK runs, then the central's table (
 	@docker stack ps $(STACK) --format 'table {{.Name}}\t{{.Node}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}'
 	@container=$$(docker ps -q --filter label=com.docker.swarm.service.name=$(STACK)_server | head -n 1); \
 	test -n "$$container" || { echo "the central's task does not run on this node: run make swarm-status on its node (docker stack ps $(STACK))"; exit 1; }; \
-	docker exec $$container python3 /app/status.py
+	docker exec $$container python3 -m lottery.status
 
 swarm-down: ## Remove stack STACK (services, network, secrets, configs) and wait for its containers; the storage stays
 	docker stack rm $(STACK)

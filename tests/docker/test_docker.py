@@ -305,6 +305,9 @@ def test_docker_stop_of_one_agency_mid_run(compose) -> None:
     assert shutdown_logged(log)
     assert project.state("client2")[0] or project.state("client2")[1] == 0  # the other agency is unharmed
     assert project.state("server")[0]
+    # The draw waits for agency 1, and the central says so every STATUS_INTERVAL (5 s).
+    project.wait_log("server", r"action: sorteo \| result: in_progress \| agencias_listas: 1/2 \| esperando: 1\n",
+                     timeout=120)
 
 
 def test_docker_stop_of_the_server_mid_run(compose) -> None:
