@@ -140,6 +140,7 @@ STORAGE_VOLUME = "server-storage"
 STOP_GRACE_PERIOD = "10s"
 CLIENT_DATA_PATH = "/data/agency.csv"
 CLIENT_DIR = os.path.join(ROOT, "client")
+SERVER_DIR = os.path.join(ROOT, "server")
 DEFAULT_GO_IMAGE = "golang:1.26"
 # Where a container finds each credential: the defaults of the server's TLS_CA/TLS_CERT/TLS_KEY
 # and of the agency's tls.ca/tls.cert/tls.key, so no environment variable is needed.
@@ -424,8 +425,9 @@ def stack(agencies: int, data_dir: str, output: str, secrets_dir: str = ".secret
         "networks": {NETWORK: {"driver": "overlay"}},
         "volumes": {STORAGE_VOLUME: None},
         "configs": {
-            "server-config": {"file": compose_path(os.path.join(ROOT, "server"), "config.ini", output)},
-            "client-config": {"file": compose_path(os.path.join(ROOT, "client"), "config.yaml", output)},
+            # relative to the stack file when it lies in the checkout, so the committed one is the same anywhere
+            "server-config": {"file": compose_path(os.path.relpath(SERVER_DIR), "config.ini", output)},
+            "client-config": {"file": compose_path(os.path.relpath(CLIENT_DIR), "config.yaml", output)},
         },
         "secrets": {secret_name(file): {"file": compose_path(secrets_dir, file, output)}
                     for file in credential_files(agencies)},
