@@ -140,7 +140,6 @@ STORAGE_VOLUME = "server-storage"
 STOP_GRACE_PERIOD = "10s"
 CLIENT_DATA_PATH = "/data/agency.csv"
 CLIENT_DIR = os.path.join(ROOT, "client")
-SERVER_DIR = os.path.join(ROOT, "server")
 DEFAULT_GO_IMAGE = "golang:1.26"
 # Where a container finds each credential: the defaults of the server's TLS_CA/TLS_CERT/TLS_KEY
 # and of the agency's tls.ca/tls.cert/tls.key, so no environment variable is needed.
@@ -285,6 +284,15 @@ def compose_path(directory: str, name: str, output: str) -> str:
     return "./" + relative.replace(os.sep, "/")
 
 
+def config_path(directory: str, name: str, output: str) -> str:
+    """A config file of the checkout (`server/config.ini`) as the stack file names it: relative
+    (`./server/config.ini`) when the stack file's directory holds it, as at the checkout's root,
+    so the committed stack file is the same in every clone; this checkout's absolute path otherwise."""
+    if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(output)), directory, name)):
+        return f"./{directory}/{name}"
+    return os.path.join(ROOT, directory, name)
+
+
 def secret_name(file: str) -> str:
     """The compose secret holding `file`: ca.pem -> ca-cert, agency-1-key.pem -> agency-1-key."""
     stem = file.removesuffix(".pem")
@@ -425,9 +433,8 @@ def stack(agencies: int, data_dir: str, output: str, secrets_dir: str = ".secret
         "networks": {NETWORK: {"driver": "overlay"}},
         "volumes": {STORAGE_VOLUME: None},
         "configs": {
-            # relative to the stack file when it lies in the checkout, so the committed one is the same anywhere
-            "server-config": {"file": compose_path(os.path.relpath(SERVER_DIR), "config.ini", output)},
-            "client-config": {"file": compose_path(os.path.relpath(CLIENT_DIR), "config.yaml", output)},
+            "server-config": {"file": config_path("server", "config.ini", output)},
+            "client-config": {"file": config_path("client", "config.yaml", output)},
         },
         "secrets": {secret_name(file): {"file": compose_path(secrets_dir, file, output)}
                     for file in credential_files(agencies)},

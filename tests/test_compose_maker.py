@@ -169,7 +169,8 @@ def test_each_container_gets_only_its_own_credentials(tmp_path: Path) -> None:
 
 def test_committed_compose_file_is_what_compose_maker_writes(tmp_path: Path) -> None:
     """docker-compose-dev.yaml and docker-compose-dev.stack.yaml (5 agencies) are regenerated, not
-    hand-edited. (The stack file names the config files of this checkout: run it at the root.)"""
+    hand-edited. The stack file names the config files relative to itself, so it is the same in
+    every clone."""
     for name in ("server", "client"):
         (tmp_path / name).symlink_to(ROOT / name)
     stub_data(tmp_path / ".data", range(1, 6))
