@@ -31,6 +31,7 @@ import pytest
 
 from conftest import DATA, DEFAULT_WINNERS, SERVER_DIR, Peer, health_echo, kill_and_wait, wait_until, worker_pids
 from lottery import protocol, recovery
+from lottery.locks import flock_holder
 from lottery.protocol import ErrorCode
 from test_durability import strace
 from wire import bet_lines
@@ -71,13 +72,7 @@ def process_state(pid: int) -> str:
 
 
 def lock_holder(storage: Path) -> int | None:
-    status = os.stat(storage / "storage.lock")
-    device = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
-            return int(fields[4])
-    return None
+    return flock_holder(os.stat(storage / "storage.lock"))
 
 
 def worker_pid(server, index: int) -> int:
