@@ -356,7 +356,8 @@ def test_a_restarted_server_keeps_bets_fins_and_the_draw(start_server, peers, tm
 @pytest.mark.parametrize(
     "key, value",
     [("SERVER_PORT", "70000"), ("SERVER_PORT", "abc"), ("AGENCIES", "0"), ("LOGGING_LEVEL", "LOUD"),
-     ("IDLE_TIMEOUT", "-1"), ("SERVER_IP", "not-an-ip"), ("WORKERS", "x"), ("WORKER_CONNECTIONS", "1")],
+     ("IDLE_TIMEOUT", "-1"), ("SERVER_IP", "not-an-ip"), ("WORKERS", "x"), ("WORKER_CONNECTIONS", "1"),
+     ("STALL_TIMEOUT", "0.5"), ("STATUS_INTERVAL", "-1")],
 )
 def test_a_bad_setting_stops_the_server_with_one_line_naming_the_key(tmp_path, key, value) -> None:
     env = {**os.environ, "STORAGE_DIR": str(tmp_path), key: value}

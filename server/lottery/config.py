@@ -85,6 +85,15 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _stall_seconds(raw: str) -> float:
+    """STALL_TIMEOUT: at least a second (the supervisor looks every half second, and a long fold of
+    the journal holds the append lock for milliseconds: less would kill healthy workers)."""
+    value = _seconds(raw)
+    if value < 1:
+        raise ValueError(f"{value:g} is under 1 second")
+    return value
+
+
 def _seconds_or_off(raw: str) -> float:
     """Seconds, or 0 for off."""
     if raw.strip() in ("0", "0.0"):
@@ -162,7 +171,7 @@ def load(path: Path, environ: Mapping[str, str] = os.environ) -> ServerConfig:
         worker_connections=worker_connections,
         idle_timeout=get("IDLE_TIMEOUT", _seconds),
         shutdown_timeout=get("SHUTDOWN_TIMEOUT", _seconds),
-        stall_timeout=get("STALL_TIMEOUT", _seconds),
+        stall_timeout=get("STALL_TIMEOUT", _stall_seconds),
         status_interval=get("STATUS_INTERVAL", _seconds_or_off),
         health_port=health_port,
         handshake_timeout=get("HANDSHAKE_TIMEOUT", _seconds),
