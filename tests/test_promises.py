@@ -118,7 +118,7 @@ def test_a_worker_stopped_holding_the_append_lock_is_killed_and_the_others_go_on
     agencies = [launch(a, server.port, DATA / f"agency-{a}.csv", CLI_RETRY_ATTEMPTS=100,
                        CLI_RETRY_MAXBACKOFF="500ms", CLI_IO_TIMEOUT="3s") for a in (1, 2, 3)]
     server.wait_log(rf"action: worker_stall \| result: fail \| worker: \d+ \| pid: {stopped} \| held_seconds: ", 10)
-    assert time.monotonic() - frozen_at < 2 + 1.5  # STALL_TIMEOUT, and the supervisor's tick
+    assert time.monotonic() - frozen_at < 2 + 3  # STALL_TIMEOUT, the supervisor's tick, a loaded machine
     wait_until(lambda: process_state(stopped) == "gone", 5, "the stopped worker to be killed")
     for agency in agencies:
         assert agency.wait(timeout=120) == 0, agency.log()[-2000:]
