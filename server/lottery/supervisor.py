@@ -48,7 +48,7 @@ from .stall import StallWatch
 from .storage import Storage
 from .wakeup import WakeupPipe
 from .worker import run_worker
-from .workers import StorageFailed, WorkerSlot, WorkerTable
+from .workers import StorageFailed, WorkerTable
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Supervisor:
             self.config.ip,
             self.config.port,
         )
-        self.selector.register(self.wakeup, selectors.EVENT_READ, None)
+        self.selector.register(self.wakeup, selectors.EVENT_READ, self.wakeup.drain)
         try:
             barrier.at_start()
             barrier.checkpoint_if_large()  # before the workers fold the journal
@@ -126,11 +126,8 @@ class Supervisor:
             if self.workers.respawns:
                 timeout = min(timeout, 0.1)
             nudged = False
-            for key, _ in self.selector.select(timeout=timeout):
-                if isinstance(key.data, WorkerSlot):
-                    nudged = self.workers.on_nudge(key.data) or nudged
-                else:
-                    self.wakeup.drain()
+            for key, _ in self.selector.select(timeout=timeout):  # each key carries its callback
+                nudged = bool(key.data()) or nudged  # True: a worker nudged (a FIN, a session)
             self._handle_signals()
             self.workers.reap()
             self.workers.respawn_due()

@@ -77,7 +77,7 @@ class WorkerTable:
         child_end.close()
         slot = WorkerSlot(index, pid, parent_end, time.monotonic())
         self.slots[pid] = slot
-        self.selector.register(parent_end, selectors.EVENT_READ, slot)
+        self.selector.register(parent_end, selectors.EVENT_READ, lambda: self.on_nudge(slot))
         log.info("action: worker_start | result: success | worker: %d | pid: %d", index, pid)
 
     def on_nudge(self, slot: WorkerSlot) -> bool:
