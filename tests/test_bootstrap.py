@@ -42,7 +42,8 @@ def repo(tmp_path: Path) -> Path:
     credentials of 2 agencies already there (so nothing is generated or issued)."""
     copy = tmp_path / "repo"
     (copy / "tools").mkdir(parents=True)
-    for name in ("compose_maker.py", "requirements.txt", "tools/gen_data.py"):
+    for name in ("compose_maker.py", "requirements.txt", "tools/gen_data.py", "tools/compose_spec.py",
+                 "tools/credentials.py"):
         shutil.copy(ROOT / name, copy / name)
     run = copy / "run"
     (run / ".data").mkdir(parents=True)
