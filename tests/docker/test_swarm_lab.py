@@ -25,6 +25,7 @@ import pytest
 from conftest import DEFAULT_WINNERS, ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
+import lab_nodes  # noqa: E402
 import swarm_lab  # noqa: E402
 
 pytestmark = pytest.mark.swarm_lab
@@ -248,4 +249,4 @@ def test_lab_cleans_up_after_a_failed_start(images, monkeypatch) -> None:
     assert host_state() == before
     assert not swarm_lab.LAB_DIR.exists() and not swarm_lab.RUN_DIR.exists()
     assert "lottery-lab" not in Path("/proc/self/mountinfo").read_text()
-    assert not [pid for pid in swarm_lab._pids() if "/run/lottery-lab/" in swarm_lab._cmdline(pid)]
+    assert not [pid for pid in lab_nodes._pids() if "/run/lottery-lab/" in lab_nodes._cmdline(pid)]
