@@ -316,14 +316,17 @@ def test_a_new_session_makes_every_older_one_of_the_agency_stale() -> None:
         assert board.current(1, one)
         other = board.claim(2)  # another agency's session does not touch agency 1's
         assert board.current(1, one) and board.current(2, other)
+        assert board.supersessions() == 0  # first sessions make nothing stale: nobody is told
         child = os.fork()
         if child == 0:  # another worker claims agency 1
-            board.claim(1)
+            board.claim(1, process=2)
             os._exit(0)
         os.waitpid(child, 0)
         assert not board.current(1, one) and board.current(2, other)
+        assert board.supersessions() == 1  # seen by every process: walk the sessions
         newer = board.claim(1)
         assert newer != one and board.current(1, newer)
+        assert board.supersessions() == 2
     finally:
         board.close()
     assert not Board(3).current(1, newer)  # a new central: no session outlives the last one

@@ -84,6 +84,7 @@ class Admission:
         self.loop = loop
         self.unauthenticated: dict[Connection, None] = {}  # oldest first: handshakes, health checks
         self.sessions: set[Connection] = set()  # authenticated, open
+        self.supersessions = 0  # the board's count when the sessions were last walked
         self.watching: set[socket.socket] = set()
         self.paused_until = 0.0
         self.stopped = False
@@ -223,15 +224,16 @@ class Admission:
             return False
         session = conn.session
         session.agency = agency
-        session.token = self.board.claim(agency)
+        session.token = self.board.claim(agency, self.index)
         conn.last_active = time.monotonic()
         del self.unauthenticated[conn]
         self.sessions.add(conn)
         log.info(
             "action: handshake | result: success | peer: %s | agency: %d | worker: %d", conn.peer, agency, self.index
         )
-        self.check_sessions()  # an older session of the agency in this worker
-        self.loop.nudge()  # the other workers drop theirs
+        if self.board.supersessions() != self.supersessions:  # it (or another) made a session stale
+            self.check_sessions()  # an older session of the agency in this worker
+            self.loop.nudge()  # the other workers drop theirs
         self.update_accepting()
         self.loop.set_events(conn, selectors.EVENT_READ)
         return True
@@ -243,8 +245,15 @@ class Admission:
 
     # --- leaving ------------------------------------------------------------------------------
 
-    def check_sessions(self) -> None:
-        """Close every session a newer session of its agency superseded."""
+    def check_sessions(self, walk: bool = False) -> None:
+        """Close every session a newer session of its agency superseded. Its sessions are walked
+        only if some session went stale since the last walk, or with `walk` (the worker's tick:
+        a safety net for two first sessions of an agency claimed at the same instant, which both
+        saw no older token)."""
+        supersessions = self.board.supersessions()
+        if supersessions == self.supersessions and not walk:
+            return
+        self.supersessions = supersessions
         for conn in list(self.sessions):
             session = conn.session
             if session.agency is not None and not self.board.current(session.agency, session.token):

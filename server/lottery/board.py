@@ -1,12 +1,17 @@
 """The shared board: the little state the central's processes share in memory, none of it durable.
 
 One anonymous shared mapping (``mmap(-1, ...)``, MAP_SHARED), created by the supervisor before it
-forks any worker and inherited by every one, holds two tables of 64-bit words:
+forks any worker and inherited by every one, holds three tables of 64-bit words:
 
 - **Sessions.** One word per agency: the token of its newest session. A worker that authenticates
   agency N writes a token unique to that session (its pid and a counter); every older session of
   N, in whichever worker, sees that the word is no longer its own token and closes. The last
   writer wins, so of two simultaneous sessions exactly one survives.
+- **Supersessions.** One counter per process: how many sessions its claims made stale (a claim
+  over a word that already held a token). Only their sum matters: while it stays the same, no
+  session anywhere went stale, so a worker need not walk its sessions on every nudge (with 1,000
+  agencies connecting, that walk was O(sessions) per nudge). A first session of an agency, the
+  common case, supersedes nothing and tells nobody.
 - **The append lock's holders.** One word per process (0 the supervisor, 1..W the workers): when
   it began waiting for the append lock, then when it got it (storage.AppendLock writes them). The
   supervisor reads them to find a process that has held the lock too long (a stopped or hung
@@ -28,6 +33,8 @@ import time
 
 _WORD = 8
 MAX_PROCESSES = 257  # the supervisor and up to 256 workers (config.WORKERS)
+_SUPERSESSIONS = MAX_PROCESSES  # the first word of the supersession counters
+_SESSIONS = 2 * MAX_PROCESSES  # the first word of the sessions' tokens
 
 
 def now_ms() -> int:
@@ -40,7 +47,7 @@ class Board:
 
     def __init__(self, agencies: int) -> None:
         self.agencies = agencies
-        self._map = mmap.mmap(-1, _WORD * (MAX_PROCESSES + agencies))
+        self._map = mmap.mmap(-1, _WORD * (_SESSIONS + agencies))
         self._words = memoryview(self._map).cast("Q")
         self._tokens = itertools.count(1)
 
@@ -50,15 +57,24 @@ class Board:
 
     # --- sessions -----------------------------------------------------------------------------
 
-    def claim(self, agency: int) -> int:
-        """A new session of `agency`: its token, which makes every older session of it stale."""
+    def claim(self, agency: int, process: int = 0) -> int:
+        """A new session of `agency`, claimed by `process`: its token, which makes every older
+        session of it stale. If there was one, `supersessions()` grows."""
         token = (os.getpid() << 32) | (next(self._tokens) & 0xFFFFFFFF)
-        self._words[MAX_PROCESSES + agency - 1] = token
+        word = _SESSIONS + agency - 1
+        superseding = self._words[word] != 0
+        self._words[word] = token
+        if superseding:  # after the token: whoever sees the new count also sees the new token
+            self._words[_SUPERSESSIONS + process] += 1
         return token
 
     def current(self, agency: int, token: int) -> bool:
         """Whether the session of `agency` with `token` is still its newest."""
-        return self._words[MAX_PROCESSES + agency - 1] == token
+        return self._words[_SESSIONS + agency - 1] == token
+
+    def supersessions(self) -> int:
+        """How many sessions claims have made stale so far, in every process together."""
+        return sum(self._words[_SUPERSESSIONS:_SESSIONS])
 
     # --- the append lock ----------------------------------------------------------------------
     # A process's word: 0 when it neither holds nor waits for the lock, else

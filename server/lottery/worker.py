@@ -115,7 +115,7 @@ class Worker:
         self.connections.sweep_idle(now)
         self.admission.sweep(now)
         self._check_draw()
-        self.admission.check_sessions()
+        self.admission.check_sessions(walk=True)
         self.admission.update_accepting()
 
     def _check_draw(self) -> None:
