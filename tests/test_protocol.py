@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import random
 import zlib
@@ -205,6 +206,77 @@ def test_batch_validation_names_the_first_bad_bet() -> None:
         bets.validate_bets(lines, 3)
     assert not caught.value.malformed
     assert caught.value.reason == "bet 2: birthdate"
+
+
+def is_calendar_date(year: int, month: int, day: int) -> bool:
+    try:
+        datetime.date(year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
+def test_the_date_pattern_is_the_calendar() -> None:
+    """The one pattern that settles a birthdate (bets._DATE) against the calendar: February 29
+    of every year 0000..9999, and every month 00..13 and day 00..32 of years that matter."""
+    cases = [(year, 2, day) for year in range(10000) for day in (28, 29, 30)]
+    cases += [
+        (year, month, day)
+        for year in (0, 1, 4, 100, 400, 1900, 1999, 2000, 2023, 2024, 2100, 2400, 9996, 9999)
+        for month in range(14)
+        for day in range(33)
+    ]
+    for year, month, day in cases:
+        text = b"%04d-%02d-%02d" % (year, month, day)
+        assert (bets._DATE_RE.fullmatch(text) is not None) == is_calendar_date(year, month, day), text
+
+
+def random_bet_lines(rng: random.Random, count: int) -> bytes:
+    """`count` lines, each a valid bet line mutated at random (or not) with the bytes that matter."""
+    pieces = [b",", b'"', b"\n", b"\x00", b"\x1f", b"\x7f", b"\xc2\x85", b"\xc2\xa0", b"\xff", b"0", b"9", b"-",
+              b"a", b"\xc3\xa9", b" ", b"02-29", b"1900", b"2000", b"x" * 101]
+    lines = []
+    for _ in range(count):
+        year = rng.choice([1900, 1999, 2000, 2024, 2100, rng.randint(0, 9999)])
+        month, day = rng.randint(0, 13), rng.randint(0, 32) if rng.random() < 0.3 else rng.randint(1, 28)
+        line = bytearray(b"%s,%s,%d,%04d-%02d-%02d,%d" % (
+            rng.choice([b"Ana", b"Mar\xc3\xada Jos\xc3\xa9", b"O'Brien", b"x" * rng.randint(1, 100)]),
+            rng.choice([b"Lopez", b"D\xc3\xadaz-Paz", b"y" * rng.randint(1, 100)]),
+            rng.choice([0, 7, 12345678, 9999999999, 10**10]), year, month, day, rng.choice([0, 7574, 9999999999])))
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            at = rng.randrange(len(line) + 1)
+            cut = rng.choice([0, 0, 1])
+            line[at : at + cut] = rng.choice(pieces)
+        lines.append(bytes(line) + b"\n")
+    return b"".join(lines)
+
+
+def test_the_fast_path_and_the_line_by_line_rules_agree_on_random_batches() -> None:
+    """A batch without quotes is settled by one pattern (bets._PLAIN_LINES_RE and the checks
+    around it); every other batch, and every refusal, by the rules line by line. For random
+    batches the pattern must accept exactly the batches whose every line the rules accept."""
+    rng = random.Random(14)
+    agreed = {True: 0, False: 0}
+    for _ in range(30000):
+        count = rng.randint(1, 4)
+        batch = random_bet_lines(rng, count)
+        if batch.count(b"\n") != count or b'"' in batch:
+            continue  # framing errors and quoted names are the slow path's alone
+        try:
+            batch.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        slow = all(bets.bet_line_error(line) is None for line in batch.split(b"\n")[:count])
+        fast = bets._PLAIN_LINES_RE.fullmatch(batch) is not None and bets._C1_RE.search(batch) is None
+        assert fast == slow, batch
+        try:
+            bets.validate_bets(batch, count)
+        except bets.InvalidBatch:
+            assert not slow
+        else:
+            assert slow
+        agreed[slow] += 1
+    assert agreed[True] > 1000 and agreed[False] > 1000  # both verdicts were exercised
 
 
 def test_random_frames_never_escape_as_other_exceptions() -> None:
