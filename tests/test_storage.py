@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import zlib
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from conftest import AgencyBets, batch, bet, chain_of, csv_rows, row
 from lottery import draw, files, recovery
 from lottery.board import Board
-from lottery.journal import AgencyState
+from lottery.durable import StorageError
+from lottery.journal import AgencyState, JournalRecord, JournalView
 from lottery.protocol import Bet
 from lottery.storage import FinOutcome, Outcome, Storage
 
@@ -267,6 +269,34 @@ def test_journal_crc_covers_the_batch_bytes_and_the_chain_its_bets(tmp_path: Pat
     assert int(line[5], 16) == zlib.crc32(data)
     assert int(line[6], 16) == agency.chain == zlib.crc32(b"".join(_agency_lines(tmp_path, 7)))
     assert data == '7,"Pérez, Juan",López,70,1990-01-01,1\n7,Ana,López,71,1990-01-01,1\n'.encode()
+
+
+def test_the_fold_of_batch_lines_is_the_fold_of_their_records() -> None:
+    """JournalView.fold reads batch lines without building records: it must end in the state
+    that applying every parsed record gives, and refuse what JournalRecord.parse refuses."""
+    rng = random.Random(3)
+    lines = [JournalRecord("checkpoint", (9, 120, 3)).encode(), JournalRecord("agency", (2, 40, 0xABC, 31)).encode()]
+    for _ in range(3000):
+        agency = rng.randint(1, 9)
+        if rng.random() < 0.05:
+            lines.append(JournalRecord("fin", (agency, rng.randint(0, 99), rng.getrandbits(32))).encode())
+        else:
+            values = (agency, rng.randint(1, 10**6), rng.randint(1, 200), rng.randint(0, 10**9), rng.getrandbits(32),
+                      rng.getrandbits(32))
+            lines.append(JournalRecord("batch", values).encode())
+    data = b"".join(lines) + b"batch 1 2"  # and a torn last line, left for the next fold
+    fast, slow = JournalView(), JournalView()
+    assert fast.fold(data) == len(data) - len(b"batch 1 2")
+    for line in lines:
+        slow.apply(JournalRecord.parse(line[:-1]), len(line))
+    assert fast == slow
+    for damaged in (b"batch 1 2 3 4 5\n", b"batch 1 2 3 4 5 6 7\n", b"batch 1 -2 3 4 00000005 00000006\n",
+                    b"batch 1 2 3 4 -0000005 00000006\n", b"batch 1 2 3 4 0000000g 00000006\n", b"batch x 2 3 4 5 6\n",
+                    b"batc 1 2 3 4 5 6\n"):
+        with pytest.raises(StorageError):
+            JournalView().fold(damaged)
+        with pytest.raises(StorageError):
+            JournalRecord.parse(damaged[:-1])
 
 
 def test_draw_streams_and_finds_exactly_the_winners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
