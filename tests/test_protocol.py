@@ -170,6 +170,16 @@ def test_largest_vectors_fill_the_maximum_frame() -> None:
     assert len(largest.bets) == protocol.MAX_BETS_BYTES == 8172
 
 
+def test_the_ack_made_in_one_step_is_the_encoded_ack() -> None:
+    for agency, stored in ((1, 1), (7, 100), (0xFFFFFFFF, 0xFFFFFFFF)):
+        assert protocol.ack_frame(agency, stored) == protocol.encode(protocol.Ack(agency, stored))
+    acks = [v for v in VECTORS["frames"] if v["type"] == "ACK"]
+    assert acks
+    for vector in acks:
+        ack = decode(bytes.fromhex(vector["hex"]))
+        assert isinstance(ack, protocol.Ack) and protocol.ack_frame(ack.agency, ack.stored).hex() == vector["hex"]
+
+
 def test_encoder_refuses_a_frame_over_the_maximum() -> None:
     with pytest.raises(ValueError):
         protocol.encode(protocol.Echo(b"x" * (protocol.MAX_PAYLOAD + 1)))

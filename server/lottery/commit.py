@@ -75,10 +75,10 @@ class GroupCommit:
             )
             if debug:
                 log_each_bet(bet)
-            self.outbox.send(session, protocol.encode(protocol.Ack(bet.agency, bet.last)))
+            self.outbox.send(session, protocol.ack_frame(bet.agency, bet.last))
         elif verdict.outcome is Outcome.DUPLICATE:
             log.info("action: batch_duplicate | result: success | agency: %d | seq: %d", bet.agency, bet.first)
-            self.outbox.send(session, protocol.encode(protocol.Ack(bet.agency, bet.last)))
+            self.outbox.send(session, protocol.ack_frame(bet.agency, bet.last))
         else:
             err = batch_refusal(verdict.outcome, bet, verdict.state)
             log_refused_batch(bet.agency, bet.first, bet.count, err)

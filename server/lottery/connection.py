@@ -114,7 +114,7 @@ class Connection:
         if len(inbuf) < protocol.HEADER_SIZE:
             return None
         try:
-            msg_type, length = protocol.parse_header(bytes(inbuf[: protocol.HEADER_SIZE]))
+            msg_type, length = protocol.parse_header(inbuf)
         except protocol.ProtocolError:
             inbuf.clear()
             raise

@@ -25,6 +25,7 @@ MAX_REASON = 255
 _U32 = struct.Struct(">I")
 BET_HEAD = struct.Struct(">IIHI")  # agency, first, count, chain
 _PAIR = struct.Struct(">II")  # ACK (agency, stored)
+_ACK_FRAME = struct.Struct(">BBIII")  # a whole ACK frame: the header, then _PAIR
 _FIN = struct.Struct(">III")  # agency, bets, chain
 _RESUME = struct.Struct(">IIIB")  # agency, stored, chain, finished
 _WINNERS_HEAD = struct.Struct(">IBH")  # agency, last, count
@@ -198,6 +199,11 @@ def frame(msg_type: MsgType, payload: bytes) -> bytes:
     return HEADER.pack(VERSION, msg_type, len(payload)) + payload
 
 
+def ack_frame(agency: int, stored: int) -> bytes:
+    """encode(Ack(agency, stored)), made in one step: the central answers every batch with one."""
+    return _ACK_FRAME.pack(VERSION, MsgType.ACK, _PAIR.size, agency, stored)
+
+
 def encode(msg: Message) -> bytes:
     if isinstance(msg, Echo):
         return frame(MsgType.ECHO, msg.payload)
@@ -245,9 +251,10 @@ def winners_pages(agency: int, documents: list[str]) -> list[bytes]:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def parse_header(header: bytes) -> tuple[int, int]:
-    """(type, length) of a 6-byte header; raises ProtocolError before any payload is read."""
-    version, msg_type, length = HEADER.unpack(header)
+def parse_header(header: bytes | bytearray) -> tuple[int, int]:
+    """(type, length) of the 6-byte header at the start of `header`; raises ProtocolError before
+    any payload is read."""
+    version, msg_type, length = HEADER.unpack_from(header)
     if version != VERSION:
         raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"version {version}, want {VERSION}")
     if length > MAX_PAYLOAD:
