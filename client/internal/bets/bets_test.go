@@ -534,26 +534,3 @@ func TestMillionRows(t *testing.T) {
 		t.Fatalf("chain %08x, want %08x", chain, want)
 	}
 }
-
-// BenchmarkReadAndBuild measures the reader and the builder together over 100,000 rows.
-func BenchmarkReadAndBuild(b *testing.B) {
-	var buf bytes.Buffer
-	for i := 0; i < 100_000; i++ {
-		fmt.Fprintf(&buf, "Nombre%d,Apellido,%d,1990-01-01,%d\n", i, 10000000+i, i%10000)
-	}
-	b.SetBytes(int64(buf.Len()))
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		r := NewReader(bytes.NewReader(buf.Bytes()))
-		bl := NewBuilder(1, 100, 0, 0)
-		for {
-			line, err := r.Next()
-			if err != nil {
-				break
-			}
-			if full, _ := bl.Add(line); full != nil {
-				bl.Recycle(full)
-			}
-		}
-	}
-}

@@ -1,0 +1,145 @@
+// Tests of CheckPlainLine, the fast path of the bet line rules: on every line with no '"' and
+// no '\n' it must say what AppendBetLine says for the line's values split on ',' (the slow
+// path, itself checked against the wire rules and the shared vectors), and for a valid bet
+// the canonical line must be the line itself.
+
+package protocol
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+// plainAgrees fails t unless CheckPlainLine and AppendBetLine agree on line (no '"', no '\n').
+func plainAgrees(t *testing.T, line []byte) {
+	t.Helper()
+	want, wantReason := AppendBetLine(nil, bytes.Split(line, []byte(",")))
+	got := CheckPlainLine(line)
+	if got != wantReason {
+		t.Fatalf("%q: CheckPlainLine says %q, AppendBetLine %q", line, got, wantReason)
+	}
+	if got == "" && string(want) != string(line)+"\n" {
+		t.Fatalf("%q: valid, but its canonical line is %q", line, want)
+	}
+}
+
+func TestCheckPlainLine(t *testing.T) {
+	tests := []struct {
+		line   string
+		reason string
+	}{
+		{"Santiago Lionel,Lorca,30904465,1999-03-17,7574", ""},
+		{"Zoë Ñandú,Müller,12,1990-01-01,1", ""},
+		{"Ana\u00a0,Lopez,1,1990-01-01,1", ""},
+		{"Ana,Lopez,1,2000-02-29,1", ""},
+		{strings.Repeat("é", 50) + ",B,1,1990-01-01,1", ""},
+		{strings.Repeat("a", 100) + "," + strings.Repeat("b", 100) + ",1234567890,9999-12-31,1234567890", ""},
+		{"", ReasonFields},
+		{"Ana,Lopez,1,1990-01-01", ReasonFields},
+		{"Ana,Lopez,1,1990-01-01,1,", ReasonFields},
+		{"Ana\xff,Lopez,1,1990-01-01", ReasonUTF8}, // UTF-8 is checked before the count
+		{"Ana,Lopez,1,1990-01-01,1\xc2", ReasonUTF8},
+		{",Lopez,1,1990-01-01,1", ReasonFirstName},
+		{strings.Repeat("a", 101) + ",B,1,1990-01-01,1", ReasonFirstName},
+		{"Ana\x7f,Lopez,1,1990-01-01,1", ReasonFirstName},
+		{"Ana\u0085,Lopez,1,1990-01-01,1", ReasonFirstName},
+		{"Ana\t,Lopez,1,1990-01-01,1", ReasonFirstName},
+		{"Ana,Lo\rpez,1,1990-01-01,1", ReasonLastName},
+		{"Ana,,1,1990-01-01,1", ReasonLastName},
+		{"Ana,Lopez,,1990-01-01,1", ReasonDocument},
+		{"Ana,Lopez,12345678901,1990-01-01,1", ReasonDocument},
+		{"Ana,Lopez,1a,1990-01-01,1", ReasonDocument},
+		{"Ana,Lopez,1,2100-02-29,1", ReasonBirthdate},
+		{"Ana,Lopez,1,0000-01-01,1", ReasonBirthdate},
+		{"Ana,Lopez,1,1990-01-01 ,1", ReasonBirthdate},
+		{"Ana,Lopez,1,1990-01-01,1\r", ReasonNumber},
+		{"Ana,Lopez,1,1990-01-01,", ReasonNumber},
+		{"Ana,Lopez,1,1990-01-01,-1", ReasonNumber},
+	}
+	for _, tt := range tests {
+		t.Run(tt.line, func(t *testing.T) {
+			if got := CheckPlainLine([]byte(tt.line)); got != tt.reason {
+				t.Fatalf("reason %q, want %q", got, tt.reason)
+			}
+			plainAgrees(t, []byte(tt.line))
+		})
+	}
+}
+
+// TestCheckPlainLineVectors runs the fast path on every unquoted line of the shared vectors.
+func TestCheckPlainLineVectors(t *testing.T) {
+	for _, bl := range loadVectors(t).BetLines {
+		if !strings.ContainsAny(bl.Line, "\"\n") {
+			plainAgrees(t, []byte(bl.Line))
+		}
+	}
+}
+
+// TestCheckPlainLineRandom compares the two paths on random lines built from pieces near
+// every rule's edges, on every run (FuzzCheckPlainLine explores further when fuzzing).
+func TestCheckPlainLineRandom(t *testing.T) {
+	pieces := []string{"", "a", "Ñ", ",", ",,", ";", "'", " ", "\t", "\r", "\x00", "\x7f", "\u0085", "\u00a0",
+		"\xc2", "\xff", "0", "9", "-", "1990-01-01", "2001-02-29", "2000-02-29", "12345678901", strings.Repeat("b", 99)}
+	rng := rand.New(rand.NewPCG(7574, 2))
+	for range 200_000 {
+		var b strings.Builder
+		for k := rng.IntN(12); k >= 0; k-- {
+			b.WriteString(pieces[rng.IntN(len(pieces))])
+		}
+		plainAgrees(t, []byte(b.String()))
+	}
+}
+
+// FuzzCheckPlainLine: the fast and the slow path agree on every line with no '"' and no '\n'
+// (the only lines the reader hands the fast path).
+func FuzzCheckPlainLine(f *testing.F) {
+	f.Add([]byte("Santiago Lionel,Lorca,30904465,1999-03-17,7574"))
+	f.Add([]byte("Zoë,Ñandú\u0085,1,2000-02-29,1"))
+	f.Add([]byte("a,b,1,1990-01-01,1,"))
+	f.Add([]byte("a\xff,b,1,1990-01-01,1"))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		if bytes.ContainsAny(line, "\"\n") {
+			t.Skip("not a plain line")
+		}
+		plainAgrees(t, line)
+	})
+}
+
+var benchLine = []byte("Santiago Lionel,Lorca,30904465,1999-03-17,7574")
+
+func BenchmarkCheckPlainLine(b *testing.B) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(benchLine) + 1))
+	for b.Loop() {
+		if CheckPlainLine(benchLine) != "" {
+			b.Fatal("invalid")
+		}
+	}
+}
+
+// BenchmarkAppendBetLineBytes is the reader's former fast path on the same line: split on ','
+// into byte slices, then AppendBetLine.
+func BenchmarkAppendBetLineBytes(b *testing.B) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(benchLine) + 1))
+	fields := make([][]byte, 0, fieldCount)
+	buf := make([]byte, 0, MaxBetLineSize+1)
+	for b.Loop() {
+		fields = fields[:0]
+		line := benchLine
+		for {
+			i := bytes.IndexByte(line, ',')
+			if i < 0 {
+				break
+			}
+			fields = append(fields, line[:i])
+			line = line[i+1:]
+		}
+		fields = append(fields, line)
+		if _, reason := AppendBetLine(buf[:0], fields); reason != "" {
+			b.Fatal("invalid")
+		}
+	}
+}
