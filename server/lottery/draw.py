@@ -32,7 +32,7 @@ def draw_done(directory: Path) -> bool:
     return winners_path(directory).exists()
 
 
-def _winners_in(block: bytes, end: int) -> Iterator[tuple[int, str]]:
+def _winners_in(block: bytes | bytearray, end: int) -> Iterator[tuple[int, str]]:
     """(agency, document) of the winning lines among the whole lines in block[:end].
 
     A line is `agency,first_name,last_name,document,birthdate,number`; the names may be quoted
@@ -49,20 +49,30 @@ def _winners_in(block: bytes, end: int) -> Iterator[tuple[int, str]]:
 
 
 def find_winners(bets_path: Path, size: int) -> list[tuple[int, str]]:
-    """(agency, document) of every winning bet in the first `size` bytes of `bets_path`."""
+    """(agency, document) of every winning bet in the first `size` bytes of `bets_path`.
+
+    The file is read into one reused buffer (a line cut by a chunk's end is moved to its start),
+    so the draw allocates nothing per chunk: the supervisor's memory stays flat however large
+    bets.csv grows."""
     winners: list[tuple[int, str]] = []
+    buffer = bytearray(2 * CHUNK_SIZE)
+    held = 0  # bytes of a line not finished yet, at the start of the buffer
     remaining = size
-    carry = b""
-    with open(bets_path, "rb") as bets:
+    with open(bets_path, "rb", buffering=0) as bets:
         while remaining > 0:
-            chunk = bets.read(min(CHUNK_SIZE, remaining))
-            if not chunk:
+            want = min(CHUNK_SIZE, remaining)
+            if held + want > len(buffer):  # a line longer than a chunk: only in tests
+                buffer.extend(bytes(held + want - len(buffer)))
+            with memoryview(buffer) as view:
+                got = bets.readinto(view[held : held + want])
+            if not got:
                 break
-            remaining -= len(chunk)
-            block = carry + chunk
-            cut = block.rfind(b"\n") + 1  # only whole lines; the rest waits for the next chunk
-            winners.extend(_winners_in(block, cut))
-            carry = block[cut:]
+            remaining -= got
+            end = held + got
+            cut = buffer.rfind(b"\n", 0, end) + 1  # only whole lines; the rest waits for the next chunk
+            winners.extend(_winners_in(buffer, cut))
+            buffer[: end - cut] = buffer[cut:end]
+            held = end - cut
     return winners
 
 
