@@ -113,26 +113,6 @@ type file struct {
 	} `yaml:"tls"`
 }
 
-func (f *file) values() map[string]*string {
-	return map[string]*string{
-		"id":                   f.ID,
-		"server.address":       f.Server.Address,
-		"log.level":            f.Log.Level,
-		"batch.maxAmount":      f.Batch.MaxAmount,
-		"batch.window":         f.Batch.Window,
-		"data.path":            f.Data.Path,
-		"retry.attempts":       f.Retry.Attempts,
-		"retry.initialBackoff": f.Retry.InitialBackoff,
-		"retry.maxBackoff":     f.Retry.MaxBackoff,
-		"io.timeout":           f.IO.Timeout,
-		"winners.timeout":      f.Winners.Timeout,
-		"tls.ca":               f.TLS.CA,
-		"tls.cert":             f.TLS.Cert,
-		"tls.key":              f.TLS.Key,
-		"tls.serverName":       f.TLS.ServerName,
-	}
-}
-
 // Load reads the configuration. path is the -config flag ("" if not given); then CLI_CONFIG;
 // then DefaultPath. getenv is os.Getenv outside tests. An environment variable set to the empty
 // string counts as unset.
@@ -148,6 +128,10 @@ func Load(path string, getenv func(string) string) (Config, error) {
 	var f file
 	switch {
 	case err == nil:
+		var simple bool
+		if f, simple = parseSimple(raw); simple {
+			break // config.yaml's plain layout: read as yaml.v3 would (simple.go)
+		}
 		dec := yaml.NewDecoder(bytes.NewReader(raw))
 		dec.KnownFields(true)
 		// io.EOF: an empty file.
@@ -160,11 +144,10 @@ func Load(path string, getenv func(string) string) (Config, error) {
 		return Config{}, fmt.Errorf("config file: %w", err)
 	}
 
-	values := f.values()
 	vals := make(map[string]string, len(keys))
 	for _, k := range keys {
 		v := k.def
-		if p := values[k.name]; p != nil {
+		if p := *f.slot(k.name); p != nil {
 			v = *p
 		}
 		if e := getenv(k.env); e != "" {
