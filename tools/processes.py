@@ -1,9 +1,9 @@
 """Helpers for running the real system as processes on 127.0.0.1, shared by tools/bench.py,
 tools/chaos/ and the tests (owns tools/processes.py): a free port, a process's children, killing
-processes and waiting for their exit, their peak memory and CPU time, a deadline-bound
-`wait_until`, and `Central`: the central (server/main.py) as a child process started with an
-environment, its output appended to a log file, waited for until it listens and answers ECHO on
-its health port."""
+processes and waiting for their exit, their peak and proportional memory and CPU time, a
+deadline-bound `wait_until`, and `Central`: the central (server/main.py, of this checkout or
+another) as a child process started with an environment, its output appended to a log file,
+waited for until it listens and answers ECHO on its health port."""
 
 from __future__ import annotations
 
@@ -71,6 +71,16 @@ def peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise LookupError(f"no VmHWM for {pid}")
+
+
+def pss_kib(pid: int) -> int:
+    """The proportional set size (Pss in /proc/<pid>/smaps_rollup) of `pid` now, in KiB: its
+    resident pages, each shared page counted as its share (1/n for n processes mapping it);
+    LookupError if /proc has none (a zombie), OSError if the process is gone."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise LookupError(f"no Pss for {pid}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -157,11 +167,14 @@ def central_env(port: int, health_port: int, storage: Path, agencies: int, crede
 class Central:
     """The real central (server/main.py) as a child process with `env` (see `central_env`), its
     output appended to `log_path` over restarts. `new_session` starts it in a session of its own
-    (a terminal's Ctrl-C does not reach it; `kill` also kills that process group)."""
+    (a terminal's Ctrl-C does not reach it; `kill` also kills that process group). `server_dir`
+    is the server/ directory whose main.py runs: this checkout's unless another one's is named
+    (tools/bench.py --vs runs another checkout's central)."""
 
     env: dict[str, str]
     log_path: Path
     new_session: bool = False
+    server_dir: Path = SERVER_DIR
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -178,7 +191,7 @@ class Central:
     def launch(self) -> subprocess.Popen[bytes]:
         """Start the process and return at once."""
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, str(SERVER_DIR / "main.py")], env=self.env, stdout=out,
+            self.proc = subprocess.Popen([sys.executable, str(self.server_dir / "main.py")], env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=self.new_session)
         return self.proc
 
