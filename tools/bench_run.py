@@ -89,6 +89,10 @@ def build_side(name: str, checkout: Path, work: Path, agencies: int) -> Side:
         # checkout's own issuing code into the temporary directory.
         subprocess.run(["go", "run", "-mod=vendor", "./cmd/certs", "-dir", str(work / "secrets"), "-agencies",
                         str(agencies)], cwd=client, check=True, stdout=subprocess.DEVNULL, env=env)
+        # The central starts from compiled modules, as in its image (server/Dockerfile): else each
+        # start would compile them again under PYTHONDONTWRITEBYTECODE (about 30 ms of its CPU).
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(checkout / "server")], check=True,
+                       stdout=subprocess.DEVNULL)
     except subprocess.CalledProcessError as err:
         raise BenchError(f"{name} ({checkout}): {' '.join(err.cmd)} failed with exit code {err.returncode}") from None
     return Side(name, checkout, work, work / "client", work / "secrets", describe(checkout))
