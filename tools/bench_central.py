@@ -2,7 +2,8 @@
 """Micro-benchmark of the central's per-bet work, in one process, without sockets or TLS:
 decoding and validating BET payloads (protocol.decode_payload), storing them (Storage.store_batches,
 groups of --group batches, as a group commit does), and the whole handling path (handler.py and
-commit.py with an in-memory outbox).
+commit.py with an in-memory outbox), its INFO lines formatted and written to /dev/null as the
+central writes them to stdout.
 
     python3 tools/bench_central.py [--bets 200000] [--batch 100] [--group 16] [--storage DIR] [--profile]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import shutil
 import sys
@@ -27,7 +29,7 @@ sys.path.insert(0, str(ROOT / "server"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import gen_data  # noqa: E402
-from lottery import protocol, recovery  # noqa: E402
+from lottery import logs, protocol, recovery  # noqa: E402
 from lottery.board import Board  # noqa: E402
 from lottery.commit import GroupCommit  # noqa: E402
 from lottery.handler import Handler  # noqa: E402
@@ -72,6 +74,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="print the top of a cProfile of the handling path")
     args = parser.parse_args()
     frames = payloads(args.bets, args.batch)
+    logs.setup("INFO", os.open(os.devnull, os.O_WRONLY))  # a line per batch, as the central logs it
     results: dict[str, float] = {}
 
     def measure(name: str, work) -> None:  # type: ignore[no-untyped-def]

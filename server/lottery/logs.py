@@ -67,7 +67,8 @@ class FdHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup(level: str = "INFO") -> None:
+def setup(level: str = "INFO", fd: int = 1) -> None:
+    """Log at `level` and above, one line per record, to `fd` (stdout)."""
     # FORMAT uses neither the caller's frame nor the thread or process names, so they are not
     # collected for every record (the logging HOWTO, "Optimization").
     logging._srcfile = None
@@ -77,7 +78,7 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = FdHandler()
+    handler = FdHandler(fd)
     handler.setFormatter(LineFormatter())
     root.addHandler(handler)
     root.setLevel(level)
