@@ -30,3 +30,39 @@ def test_the_central_micro_benchmark_measures_each_stage_of_a_bet() -> None:
                         re.MULTILINE)
     assert [name.split(" ")[0] for name, _ in stages] == ["decode", "store", "handle"], result.stdout
     assert all(float(value) > 0 for _, value in stages)
+
+
+def test_side_by_side_alternates_the_two_checkouts_and_prints_the_table() -> None:
+    """--vs against this very checkout: the mechanics (both sides built, alternating, checked runs,
+    per-side medians, pairwise ratios, the Markdown table), whatever the figures."""
+    result = subprocess.run([sys.executable, "tools/bench.py", "--vs", str(ROOT), "--runs", "2", "--agencies", "2",
+                             "--bets", "2000"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sides = re.findall(r"^run (\d): side: (this|other) \| bets: 2000 \| agencies: 2 ", result.stdout, re.MULTILINE)
+    assert sides == [("1", "this"), ("1", "other"), ("2", "this"), ("2", "other")], result.stdout
+    assert len(re.findall(r"^median \(range\) of 2 runs, side: (this|other): wall_seconds: ", result.stdout,
+                          re.MULTILINE)) == 2
+    ratios = dict(re.findall(r"(\w+): ([0-9.]+)", re.search(r"^ratio this/other, median of 2 pairs: (.*)$",
+                                                             result.stdout, re.MULTILINE).group(1)))
+    assert set(ratios) >= {"wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds", "server_peak_pss_mib"}
+    assert all(float(value) > 0 for value in ratios.values())
+    rows = re.findall(r"^\| (wall \(s\)|server CPU \(s\)|server memory, peak of summed PSS \(MiB\)) \| .+ \| .+ \| "
+                      r"([0-9.]+) \|$", result.stdout, re.MULTILINE)
+    assert [name for name, _ in rows] == ["wall (s)", "server CPU (s)", "server memory, peak of summed PSS (MiB)"]
+
+
+def test_side_by_side_refuses_what_it_cannot_compare(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for args in (["--vs", str(tmp_path)], ["--vs", str(ROOT), "--sweep", "1,2"]):
+        result = subprocess.run([sys.executable, "tools/bench.py", *args], cwd=ROOT, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 2 and "--vs" in result.stderr, result.stderr
+
+
+def test_a_profiled_run_reports_the_centrals_functions_by_cpu_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run([sys.executable, "tools/bench.py", "--agencies", "2", "--bets", "60000", "--profile",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^profile .*: 3 processes \(1 supervisor, 2 workers\)", result.stdout, re.MULTILINE), \
+        result.stdout
+    assert "'fullmatch' of 're.Pattern'" in result.stdout  # the pattern that validates each batch
+    assert sorted(path.name.split("-")[0] for path in tmp_path.rglob("*.prof")) == ["supervisor", "worker", "worker"]
