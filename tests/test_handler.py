@@ -77,10 +77,10 @@ def central(tmp_path: Path) -> Iterator[Central]:
     board = Board(3)
     storage = Storage(tmp_path, board, 1)
     outbox = Outbox()
-    commit = GroupCommit(storage, board, outbox, 1)
-    made = Central(storage, board, outbox, commit, None, tmp_path)  # type: ignore[arg-type]
-    made.handler = Handler(storage, commit, outbox, lambda: made.winners,
-                           lambda: made.problem[0] if made.problem else None, lambda: made.nudges.append(1), 1)
+    made = Central(storage, board, outbox, None, None, tmp_path)  # type: ignore[arg-type]
+    made.commit = GroupCommit(storage, board, outbox, 1, lambda: made.nudges.append(1))
+    made.handler = Handler(storage, made.commit, outbox, lambda: made.winners,
+                           lambda: made.problem[0] if made.problem else None, 1)
     yield made
     storage.close()
     board.close()
@@ -158,20 +158,50 @@ def test_an_invalid_batch_or_an_unknown_type_is_refused_and_nothing_is_stored(ce
 
 
 def test_fin_is_recorded_once_and_nudges_the_supervisor(central: Central) -> None:
+    """A FIN is answered after the turn's group commit, in order with the session's batches, and
+    decided against them; the turn's FINs share its one sync and nudge the supervisor once."""
     session, bets = central.session(1), AgencyBets(1)
     central.send(session, bets.batch([bet("1")]))
     central.send(session, protocol.Fin(1, 2, bets.chain))  # announces a bet not stored
-    central.send(session, bets.fin())
-    central.send(session, bets.fin())
+    fin = bets.fin()
+    central.send(session, fin)
+    central.send(session, fin)
+    assert central.outbox.frames(session) == [] and central.nudges == []  # nothing before the commit
+    syncs = []
+    sync = central.storage.sync
+    central.storage.sync = lambda: (syncs.append(1), sync())[1]  # type: ignore[method-assign]
+    central.commit.run()
     ack, gap, fin_ack, duplicate = central.outbox.messages(session)
     assert ack == protocol.Ack(1, 1) and fin_ack == protocol.FinAck(1)
     assert isinstance(gap, protocol.Error) and gap.code is ErrorCode.SEQUENCE_GAP
     assert isinstance(duplicate, protocol.Error) and duplicate.code is ErrorCode.DUPLICATE_FIN
-    assert len(central.nudges) == 2  # the recorded FIN and its duplicate (perhaps a retry)
+    assert len(syncs) == 1 and len(central.nudges) == 1  # one sync, one nudge for the turn
+    assert central.storage.view.fins == {1: (1, bets.chain)}
     central.send(session, bets.batch([bet("2")]))
     central.commit.run()
     (finished,) = central.outbox.messages(session)
     assert isinstance(finished, protocol.Error) and finished.code is ErrorCode.AGENCY_FINISHED
+    central.send(session, fin)  # a retry alone in its turn: DUPLICATE_FIN, and a nudge
+    central.commit.run()
+    (again,) = central.outbox.messages(session)
+    assert isinstance(again, protocol.Error) and again.code is ErrorCode.DUPLICATE_FIN and len(central.nudges) == 2
+
+
+def test_a_fin_of_a_closed_session_is_not_recorded(central: Central) -> None:
+    """As a batch: a FIN whose connection ended before the turn's commit is not recorded and not
+    answered; the agency sends it again on its next connection."""
+    session, bets = central.session(1), AgencyBets(1)
+    central.send(session, bets.batch([bet("1")]))
+    central.commit.run()
+    central.outbox.messages(session)
+    central.send(session, bets.fin())
+    session.open = False
+    central.commit.run()
+    assert central.outbox.frames(session) == [] and central.storage.view.fins == {} and central.nudges == []
+    again = central.session(1)
+    central.send(again, bets.fin())
+    central.commit.run()
+    assert central.outbox.messages(again) == [protocol.FinAck(1)] and central.storage.view.fins == {1: (1, bets.chain)}
 
 
 def test_a_winners_query_is_held_until_the_draw_and_then_answered_with_own_winners_only(central: Central) -> None:

@@ -14,7 +14,7 @@ from lottery import draw, files, recovery
 from lottery.board import Board
 from lottery.durable import StorageError
 from lottery.journal import AgencyState, JournalRecord, JournalView
-from lottery.protocol import Bet
+from lottery.protocol import Bet, Fin
 from lottery.storage import FinOutcome, Outcome, Storage
 
 AGENCIES = 9  # the round these tests store into
@@ -111,6 +111,26 @@ def test_fin_rules(tmp_path: Path) -> None:
     assert store.resume(3) == (AgencyState(1, first.chain_after, 1), True)
     assert store.resume(4) == (AgencyState(), True)
     assert store.resume(5) == (AgencyState(), False)
+
+
+def test_one_commit_decides_batches_and_fins_in_order(tmp_path: Path) -> None:
+    """A group commit of batches and FINs: a FIN counts the batches before it in the same call,
+    a batch after its agency's FIN in the same call is FINISHED, another agency's FIN is its own;
+    one append, and a restart finds the same."""
+    store = open_storage(tmp_path)
+    one, two = AgencyBets(1), AgencyBets(2)
+    first, second = one.batch([bet("1")]), one.batch([bet("2")])
+    fin_one = Fin(1, 2, second.chain_after)
+    late = one.batch([bet("3")])
+    verdicts = store.commit([first, second, fin_one, late, Fin(2, 0, 0), Fin(1, 2, second.chain_after),
+                             two.batch([bet("4")])])
+    assert [v.outcome for v in verdicts] == [Outcome.STORED, Outcome.STORED, FinOutcome.RECORDED, Outcome.FINISHED,
+                                             FinOutcome.RECORDED, FinOutcome.DUPLICATE, Outcome.FINISHED]
+    assert verdicts[2].state == AgencyState(2, second.chain_after, 2)  # decided after the batches before it
+    assert store.view.fins == {1: (2, second.chain_after), 2: (0, 0)}
+    assert [r[3] for r in csv_rows(tmp_path)] == ["1", "2"]
+    store.close()
+    assert open_storage(tmp_path).view.fins == {1: (2, second.chain_after), 2: (0, 0)}
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:

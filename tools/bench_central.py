@@ -109,8 +109,8 @@ def main() -> int:
     def handle() -> float:
         directory, board, storage = fresh()
         outbox = NullOutbox()
-        commit = GroupCommit(storage, board, outbox, 1)
-        handler = Handler(storage, commit, outbox, lambda: None, lambda: None, lambda: None, 1)
+        commit = GroupCommit(storage, board, outbox, 1, lambda: None)
+        handler = Handler(storage, commit, outbox, lambda: None, lambda: None, 1)
         session = Session("bench", agency=1, token=board.claim(1))
         started = cpu()
         for group in range(0, len(frames), args.group):

@@ -1,42 +1,46 @@
-"""The group commit: every batch a worker receives in one loop turn, from all its connections, is
-stored with one append and one sync, then answered (owns the per-batch log lines too).
+"""The group commit: every batch and FIN a worker receives in one loop turn, from all its
+connections, is stored with one append and one sync, then answered (owns the per-batch and FIN
+log lines too).
 
-A pipelining agency sends many batches at once, so one sync acknowledges many. A batch whose
-connection closed, or whose session a newer one superseded, since it arrived is not stored: the
-storage asks, under its lock, whether each batch's session is still live (`Storage.store_batches`),
-so a new session's RESUME is never overtaken by an older connection's batch.
+A pipelining agency sends many batches at once, so one sync acknowledges many; with many agencies
+finishing, their FINs share the syncs of the others' batches instead of one sync each. A request
+whose connection closed, or whose session a newer one superseded, since it arrived is not stored:
+the storage asks, under its lock, whether each request's session is still live
+(`Storage.commit`), so a new session's RESUME is never overtaken by an older connection's batch.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from . import protocol
 from .board import Board
 from .durable import WriteFailed
 from .protocol import ErrorCode
-from .refusals import batch_refusal, log_refused_batch
+from .refusals import batch_refusal, fin_refusal, log_refused_batch
 from .session import Outbox, Session
-from .storage import Outcome, Storage, Verdict
+from .storage import FinOutcome, Outcome, Storage, Verdict
 
 log = logging.getLogger(__name__)
 
 
 class GroupCommit:
-    def __init__(self, storage: Storage, board: Board, outbox: Outbox, worker: int) -> None:
+    def __init__(self, storage: Storage, board: Board, outbox: Outbox, worker: int, nudge: Callable[[], None]) -> None:
         self.storage = storage
         self.board = board
         self.outbox = outbox
         self.worker = worker
-        self.pending: list[tuple[Session, protocol.Bet]] = []
+        self.nudge = nudge  # tells the supervisor to look at the barrier again (a FIN)
+        self.pending: list[tuple[Session, protocol.Bet | protocol.Fin]] = []
 
-    def add(self, session: Session, bet: protocol.Bet) -> None:
-        """Keep `bet` for this turn's commit; it is answered then, in order."""
-        self.pending.append((session, bet))
+    def add(self, session: Session, request: protocol.Bet | protocol.Fin) -> None:
+        """Keep a batch or a FIN for this turn's commit; it is answered then, in order."""
+        self.pending.append((session, request))
         session.pending += 1
 
     def run(self) -> None:
-        """Store every batch kept so far with one append and one sync, then answer each."""
+        """Store every batch and FIN kept so far with one append and one sync, then answer each."""
         if not self.pending:
             return
         pending, self.pending = self.pending, []
@@ -48,13 +52,47 @@ class GroupCommit:
             return session.open and session.agency is not None and self.board.current(session.agency, session.token)
 
         try:
-            verdicts = self.storage.store_batches([bet for _, bet in pending], live)
+            verdicts = self.storage.commit([request for _, request in pending], live)
         except WriteFailed as err:
-            storage_failed(self.outbox, [(session, bet.first) for session, bet in pending], err, self.worker)
+            positions = [(session, getattr(request, "first", 0)) for session, request in pending]  # 0: a FIN
+            storage_failed(self.outbox, positions, err, self.worker)
             return
         debug = log.isEnabledFor(logging.DEBUG)
-        for (session, bet), verdict in zip(pending, verdicts, strict=True):
-            self._answer(session, bet, verdict, debug)
+        nudge = False
+        for (session, request), verdict in zip(pending, verdicts, strict=True):
+            if isinstance(request, protocol.Fin):
+                nudge = self._answer_fin(session, request, verdict) or nudge
+            else:
+                self._answer(session, request, verdict, debug)
+        if nudge:
+            self.nudge()  # the supervisor re-checks the barrier (a DUPLICATE may be a retry)
+
+    def _answer_fin(self, session: Session, fin: protocol.Fin, verdict: Verdict) -> bool:
+        """Answer a FIN; True if it is recorded (now or before), so the barrier may have moved."""
+        outcome = verdict.outcome
+        if outcome is Outcome.ABANDONED:
+            log.info(
+                "action: fin_abandoned | result: success | agency: %d | bets: %d | reason: its connection ended"
+                " (closed or superseded) before it was recorded; not recorded",
+                fin.agency,
+                fin.bets,
+            )
+            return False
+        assert isinstance(outcome, FinOutcome)
+        if outcome is FinOutcome.RECORDED:
+            log.info("action: fin | result: success | agency: %d | bets: %d", fin.agency, fin.bets)
+            self.outbox.send(session, protocol.encode(protocol.FinAck(fin.agency)))
+            return True
+        code, reason = fin_refusal(outcome, fin, verdict.state, self.storage.view.fins.get(fin.agency))
+        log.warning(
+            "action: fin | result: fail | agency: %d | bets: %d | code: %s | reason: %s",
+            fin.agency,
+            fin.bets,
+            code.name,
+            reason,
+        )
+        self.outbox.send(session, protocol.encode(protocol.Error(code, 0, reason)))
+        return outcome is FinOutcome.DUPLICATE
 
     def _answer(self, session: Session, bet: protocol.Bet, verdict: Verdict, debug: bool) -> None:
         if verdict.outcome is Outcome.ABANDONED:
@@ -80,6 +118,7 @@ class GroupCommit:
             log.info("action: batch_duplicate | result: success | agency: %d | seq: %d", bet.agency, bet.first)
             self.outbox.send(session, protocol.ack_frame(bet.agency, bet.last))
         else:
+            assert isinstance(verdict.outcome, Outcome)
             err = batch_refusal(verdict.outcome, bet, verdict.state)
             log_refused_batch(bet.agency, bet.first, bet.count, err)
             self.outbox.send(session, protocol.encode(protocol.Error(err.code, err.position, err.reason)))

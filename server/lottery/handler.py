@@ -18,12 +18,11 @@ import logging
 from collections.abc import Callable
 
 from . import protocol
-from .commit import GroupCommit, storage_failed
-from .durable import WriteFailed
+from .commit import GroupCommit
 from .protocol import ErrorCode, MsgType, ProtocolError
-from .refusals import fin_refusal, log_refused_payload
+from .refusals import log_refused_payload
 from .session import Outbox, Session
-from .storage import FinOutcome, Storage
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,8 @@ CLIENT_TYPES = frozenset({MsgType.ECHO, MsgType.HELLO, MsgType.BET, MsgType.FIN,
 
 class Handler:
     """`winners` gives the draw's result by agency, or None before the draw; `health_problem`
-    says why the central cannot store now, or None; `nudge` tells the supervisor the journal
-    has a new FIN."""
+    says why the central cannot store now, or None. Batches and FINs go to the group commit
+    (commit.py), which answers them."""
 
     def __init__(
         self,
@@ -42,7 +41,6 @@ class Handler:
         outbox: Outbox,
         winners: Callable[[], dict[int, list[str]] | None],
         health_problem: Callable[[], str | None],
-        nudge: Callable[[], None],
         worker: int,
     ) -> None:
         self.storage = storage
@@ -50,7 +48,6 @@ class Handler:
         self.outbox = outbox
         self.winners = winners
         self.health_problem = health_problem
-        self.nudge = nudge
         self.worker = worker
 
     # --- answers ------------------------------------------------------------------------------
@@ -111,7 +108,7 @@ class Handler:
         elif isinstance(msg, protocol.Hello):
             self._hello(session, msg.agency)
         elif isinstance(msg, protocol.Fin):
-            self._fin(session, msg)
+            self.commit.add(session, msg)  # answered after this turn's group commit, after its batches
         elif isinstance(msg, protocol.WinnersQuery):
             self._winners_query(session, msg.agency)
 
@@ -143,30 +140,6 @@ class Handler:
             session.peer,
         )
         self.reply(session, protocol.Resume(agency, state.stored, state.chain, finished))
-
-    def _fin(self, session: Session, fin: protocol.Fin) -> None:
-        if session.pending:
-            self.commit.run()  # the storage must see this session's batches before its FIN
-        try:
-            outcome, state = self.storage.record_fin(fin.agency, fin.bets, fin.chain)
-        except WriteFailed as err:
-            storage_failed(self.outbox, [(session, 0)], err, self.worker)
-            return
-        if outcome in (FinOutcome.RECORDED, FinOutcome.DUPLICATE):
-            self.nudge()  # the supervisor re-checks the barrier (a DUPLICATE may be a retry)
-        if outcome is FinOutcome.RECORDED:
-            log.info("action: fin | result: success | agency: %d | bets: %d", fin.agency, fin.bets)
-            self.reply(session, protocol.FinAck(fin.agency))
-            return
-        code, reason = fin_refusal(outcome, fin, state, self.storage.view.fins.get(fin.agency))
-        log.warning(
-            "action: fin | result: fail | agency: %d | bets: %d | code: %s | reason: %s",
-            fin.agency,
-            fin.bets,
-            code.name,
-            reason,
-        )
-        self.reply(session, protocol.Error(code, 0, reason))
 
     def _winners_query(self, session: Session, agency: int) -> None:
         if self.winners() is None:

@@ -9,15 +9,15 @@ Rules, each relied upon elsewhere:
   before the lock is released and raises `WriteFailed`: nothing half-stored is ever visible, and
   the next append after the cause is gone (a full disk) simply succeeds. A process killed in the
   middle leaves bytes past the journal's end; the next holder of the lock cuts them first.
-- **Nothing answered before it is durable.** `store_batches`, `record_fin` and `resume` return only
+- **Nothing answered before it is durable.** `commit` (batches and FINs) and `resume` return only
   after `sync`, whatever the outcome they report, so an ACK, a duplicate ACK, a FIN_ACK, a
   DUPLICATE_FIN or a RESUME always states a fact on disk. One sync covers every process's earlier
   appends (group commit); it runs outside the lock.
 - **Exactly once, whatever the batching.** An agency's bets are stored in position order with no
   gap or overlap, each batch on top of exactly the bets its ``chain`` names; the per-agency state
   is (bets stored, their chain, the first position of the last batch), O(1) whatever the bets.
-- **Nothing stored for a connection that is gone.** `store_batches` asks, under the lock, whether
-  each batch's connection still is its agency's live session: a new session's RESUME (read under
+- **Nothing stored for a connection that is gone.** `commit` asks, under the lock, whether
+  each request's connection still is its agency's live session: a new session's RESUME (read under
   the same lock) can then never be overtaken by a batch of an older connection.
 - **Bounded state and restart.** A process keeps only per-agency state, folding the journal in
   streaming chunks. `compact` rewrites the journal as a new checkpoint (after syncing bets.csv;
@@ -31,7 +31,7 @@ import enum
 import logging
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from .durable import StorageError, WriteFailed, sync, write_all, write_file_atom
 from .files import BETS_FILE, JOURNAL_FILE, WINNERS_FILE
 from .journal import AgencyState, JournalRecord, JournalView, batch_record, fin_record
 from .locks import AppendLock
-from .protocol import Bet
+from .protocol import Bet, Fin
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class FinOutcome(enum.Enum):
 class Verdict:
     """A decision on one batch, with the agency's stored state it was decided against."""
 
-    outcome: Outcome
+    outcome: Outcome | FinOutcome  # a FinOutcome for a FIN
     state: AgencyState
 
 
@@ -193,48 +193,73 @@ class Storage:
             self.view.apply(record, len(line))
 
     def store_batches(self, batches: list[Bet], live: Callable[[int], bool] | None = None) -> list[Verdict]:
-        """Store what is new among `batches` (in order), then sync; one verdict per batch.
+        """`commit` of batches only."""
+        return self.commit(batches, live)
 
-        `live(i)`, asked under the lock, says whether batch i's connection is still its agency's
-        live session; a batch whose connection is gone is not stored (ABANDONED). Returns only
-        once every verdict is durable, so the caller may answer at once: STORED and DUPLICATE with
-        ACK, the others with their ERROR. Raises WriteFailed (nothing stored) or SyncFailed (stop)."""
+    def record_fin(self, agency: int, bets: int, chain: int) -> tuple[FinOutcome, AgencyState]:
+        """`commit` of one FIN: that `agency` sent all its bets, `bets` of them with `chain`."""
+        verdict = self.commit([Fin(agency, bets, chain)])[0]
+        assert isinstance(verdict.outcome, FinOutcome)
+        return verdict.outcome, verdict.state
+
+    def commit(self, requests: Sequence[Bet | Fin], live: Callable[[int], bool] | None = None) -> list[Verdict]:
+        """Store what is new among `requests`, batches and FINs, in order, then sync; one verdict
+        per request (an Outcome for a batch, a FinOutcome for a FIN), each decided against the
+        requests before it: a FIN counts the batches before it, a batch after its agency's FIN
+        is FINISHED.
+
+        `live(i)`, asked under the lock, says whether request i's connection is still its
+        agency's live session; a request whose connection is gone is not stored (ABANDONED).
+        Returns only once every verdict is durable, so the caller may answer at once: STORED and
+        DUPLICATE with ACK, RECORDED with FIN_ACK, the others with their ERROR. Raises
+        WriteFailed (nothing stored) or SyncFailed (stop)."""
         verdicts: list[Verdict] = []
         with self._locked():
             view = self.view
             pending: dict[int, AgencyState] = {}  # agencies stored by this call, not yet folded
+            fins: dict[int, tuple[int, int]] = {}  # FINs recorded by this call, not yet folded
             bets_chunks: list[bytes] = []
             records: list[JournalRecord] = []
             end = view.bets_end
             # One look per call: the draw needs every agency's FIN, after which no batch can be
-            # stored anyway; whether it has happened only picks a late batch's refusal.
+            # stored anyway; whether it has happened only picks a late request's refusal.
             drawn = self.drawn()
-            for index, bet in enumerate(batches):
-                state = pending.get(bet.agency) or view.state(bet.agency)
+            for index, request in enumerate(requests):
+                agency = request.agency
+                state = pending.get(agency) or view.state(agency)
                 if live is not None and not live(index):
                     verdicts.append(Verdict(Outcome.ABANDONED, state))
                     continue
-                after = bet.chain_after
-                outcome = self._decide(bet, after, state, drawn)
+                recorded = fins.get(agency) or view.fins.get(agency)
+                if isinstance(request, Fin):
+                    outcome: Outcome | FinOutcome = self._decide_fin(request, state, recorded, drawn)
+                    if outcome is FinOutcome.RECORDED:
+                        records.append(fin_record(agency, request.bets, request.chain))
+                        fins[agency] = (request.bets, request.chain)
+                    verdicts.append(Verdict(outcome, state))
+                    continue
+                after = request.chain_after
+                outcome = self._decide(request, after, state, drawn, recorded is not None)
                 verdicts.append(Verdict(outcome, state))
                 if outcome is Outcome.STORED:
-                    data = csv_lines(bet.agency, bet.bets)
+                    data = csv_lines(agency, request.bets)
                     end += len(data)
                     bets_chunks.append(data)
-                    records.append(batch_record(bet, end, zlib.crc32(data), after))
-                    pending[bet.agency] = AgencyState(bet.last, after, bet.first)
-            if bets_chunks:
+                    records.append(batch_record(request, end, zlib.crc32(data), after))
+                    pending[agency] = AgencyState(request.last, after, request.first)
+            if records:
                 self._append(b"".join(bets_chunks), records)
         self.sync()  # outside the lock: one sync covers every process's appends so far
         return verdicts
 
-    def _decide(self, bet: Bet, chain_after: int, state: AgencyState, drawn: bool) -> Outcome:
+    @staticmethod
+    def _decide(bet: Bet, chain_after: int, state: AgencyState, drawn: bool, finished: bool) -> Outcome:
         if bet.first <= state.stored:  # positions already stored: only an exact resend passes
             exact = bet.first == state.last_first and bet.last == state.stored and chain_after == state.chain
             return Outcome.DUPLICATE if exact else Outcome.MISMATCH
         if drawn:
             return Outcome.ROUND_CLOSED
-        if bet.agency in self.view.fins:
+        if finished:
             return Outcome.FINISHED
         if bet.first != state.stored + 1:
             return Outcome.GAP
@@ -242,27 +267,19 @@ class Storage:
             return Outcome.MISMATCH
         return Outcome.STORED
 
-    def record_fin(self, agency: int, bets: int, chain: int) -> tuple[FinOutcome, AgencyState]:
-        """Record that `agency` sent all its bets, `bets` of them with `chain`; returns once
-        durable, with the agency's stored state the FIN was decided against."""
-        with self._locked():
-            view = self.view
-            state = view.state(agency)
-            if agency in view.fins and view.fins[agency] == (bets, chain):
-                outcome = FinOutcome.DUPLICATE  # perhaps appended by a process that has not synced yet
-            elif self.drawn():
-                outcome = FinOutcome.ROUND_CLOSED
-            elif agency in view.fins:
-                outcome = FinOutcome.FINISHED
-            elif state.stored != bets:
-                outcome = FinOutcome.GAP
-            elif state.chain != chain:
-                outcome = FinOutcome.MISMATCH
-            else:
-                self._append(b"", [fin_record(agency, bets, chain)])
-                outcome = FinOutcome.RECORDED
-        self.sync()
-        return outcome, state
+    @staticmethod
+    def _decide_fin(fin: Fin, state: AgencyState, recorded: tuple[int, int] | None, drawn: bool) -> FinOutcome:
+        if recorded == (fin.bets, fin.chain):
+            return FinOutcome.DUPLICATE  # perhaps appended by a process that has not synced yet
+        if drawn:
+            return FinOutcome.ROUND_CLOSED
+        if recorded is not None:
+            return FinOutcome.FINISHED
+        if state.stored != fin.bets:
+            return FinOutcome.GAP
+        if state.chain != fin.chain:
+            return FinOutcome.MISMATCH
+        return FinOutcome.RECORDED
 
     def resume(self, agency: int) -> tuple[AgencyState, bool]:
         """What is durably stored of `agency`, and whether its FIN is recorded."""

@@ -56,11 +56,10 @@ class Worker:
         self.wakeup = WakeupPipe()
         self.connections = ConnectionTable(self.selector, config, self._nudge)
         self.admission = Admission(index, listeners, config, tls, board, self.connections)
-        self.commit = GroupCommit(self.storage, board, self.connections, index)
+        self.commit = GroupCommit(self.storage, board, self.connections, index, self._nudge)
         health = StorageHealth(config.storage_dir, board)
         self.handler = Handler(
-            self.storage, self.commit, self.connections, lambda: self.winners, health.problem,
-            self._nudge, index,
+            self.storage, self.commit, self.connections, lambda: self.winners, health.problem, index
         )  # fmt: skip
         self.connections.admission, self.connections.handler = self.admission, self.handler
 
