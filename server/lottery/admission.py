@@ -231,8 +231,7 @@ class Admission:
         log.info(
             "action: handshake | result: success | peer: %s | agency: %d | worker: %d", conn.peer, agency, self.index
         )
-        if self.board.supersessions() != self.supersessions:  # it (or another) made a session stale
-            self.check_sessions()  # an older session of the agency in this worker
+        if self.check_sessions():  # it (or another) made a session stale: this worker's are closed
             self.loop.nudge()  # the other workers drop theirs
         self.update_accepting()
         self.loop.set_events(conn, selectors.EVENT_READ)
@@ -245,14 +244,15 @@ class Admission:
 
     # --- leaving ------------------------------------------------------------------------------
 
-    def check_sessions(self, walk: bool = False) -> None:
-        """Close every session a newer session of its agency superseded. Its sessions are walked
-        only if some session went stale since the last walk, or with `walk` (the worker's tick:
-        a safety net for two first sessions of an agency claimed at the same instant, which both
-        saw no older token)."""
+    def check_sessions(self, walk: bool = False) -> bool:
+        """Close every session a newer session of its agency superseded; True if some session
+        went stale since the last walk. Its sessions are walked only then, or with `walk` (the
+        worker's tick: a safety net for two first sessions of an agency claimed at the same
+        instant, which both saw no older token)."""
         supersessions = self.board.supersessions()
-        if supersessions == self.supersessions and not walk:
-            return
+        stale = supersessions != self.supersessions
+        if not stale and not walk:
+            return False
         self.supersessions = supersessions
         for conn in list(self.sessions):
             session = conn.session
@@ -268,6 +268,7 @@ class Admission:
                         "action: consulta_ganadores | result: fail | agency: %d | reason: superseded", session.held
                     )
                 self.loop.close(conn, "superseded")
+        return stale
 
     def sweep(self, now: float) -> None:
         """Close the connections that did not authenticate within HANDSHAKE_TIMEOUT."""

@@ -115,7 +115,6 @@ class JournalView:
         Batch lines, nearly all of a journal, are folded without building a record (every
         process folds the batches the others store); the checks are JournalRecord.parse's."""
         consumed = 0
-        states, batches = self.agency_states, self.agency_batches
         while True:
             newline = data.find(b"\n", consumed)
             if newline < 0:
@@ -130,10 +129,7 @@ class JournalView:
                     raise StorageError(f"corrupt journal line {line[:80]!r}") from None
                 if min(agency, first, count, end, crc, chain) < 0:
                     raise StorageError(f"corrupt journal line {line[:80]!r}")
-                states[agency] = AgencyState(first + count - 1, chain, first)
-                batches[agency] = batches.get(agency, 0) + 1
-                self.bets_end = end
-                self.batches += 1
+                self._apply_batch(agency, first, count, end, chain)
                 self.offset += newline + 1 - consumed
             else:
                 self.apply(JournalRecord.parse(line), newline + 1 - consumed)
@@ -144,10 +140,7 @@ class JournalView:
         values = record.values
         if record.kind == "batch":
             agency, first, count, end, _, chain = values
-            self.agency_states[agency] = AgencyState(first + count - 1, chain, first)
-            self.agency_batches[agency] = self.agency_batches.get(agency, 0) + 1
-            self.bets_end = end
-            self.batches += 1
+            self._apply_batch(agency, first, count, end, chain)
         elif record.kind == "fin":
             self.fins[values[0]] = (values[1], values[2])
         elif record.kind == "agency":
@@ -160,6 +153,13 @@ class JournalView:
             self.agency_batches.clear()
             self.fins.clear()
         self.offset += size
+
+    def _apply_batch(self, agency: int, first: int, count: int, end: int, chain: int) -> None:
+        """A batch of `agency`, bets `first` .. `first + count - 1`, ending bets.csv at `end`."""
+        self.agency_states[agency] = AgencyState(first + count - 1, chain, first)
+        self.agency_batches[agency] = self.agency_batches.get(agency, 0) + 1
+        self.bets_end = end
+        self.batches += 1
 
     def checkpoint(self) -> bytes:
         """The journal's content for a checkpoint of this state."""

@@ -82,4 +82,3 @@ def setup(level: str = "INFO", fd: int = 1) -> None:
     handler.setFormatter(LineFormatter())
     root.addHandler(handler)
     root.setLevel(level)
-

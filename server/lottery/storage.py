@@ -69,7 +69,7 @@ class FinOutcome(enum.Enum):
 
 @dataclass(frozen=True)
 class Verdict:
-    """A decision on one batch, with the agency's stored state it was decided against."""
+    """A decision on one batch or FIN, with the agency's stored state it was decided against."""
 
     outcome: Outcome | FinOutcome  # a FinOutcome for a FIN
     state: AgencyState
