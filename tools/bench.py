@@ -64,7 +64,7 @@ from pathlib import Path
 
 from bench_profile import report
 from bench_run import ROOT, BenchError, Figures, build_side, measure_restart, prepare, run_once
-from bench_vs import compare
+from bench_vs import compare, spread
 
 SWEEP = "5,10,50,100,500,1000"
 SWEEP_BETS = 1_000_000
@@ -167,12 +167,9 @@ def profile_dir(args: argparse.Namespace, name: str) -> Path | None:
 
 
 def summary(results: list[Figures]) -> str:
-    figures = []
-    for name, values in (("wall_seconds", [r.wall for r in results]),
-                         ("server_cpu_seconds", [r.server_cpu for r in results]),
-                         ("agencies_cpu_seconds", [r.agencies_cpu for r in results])):
-        figures.append(f"{name}: {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
-    return " | ".join(figures)
+    figures = [("wall_seconds", [r.wall for r in results]), ("server_cpu_seconds", [r.server_cpu for r in results]),
+               ("agencies_cpu_seconds", [r.agencies_cpu for r in results])]
+    return " | ".join(f"{name}: {spread(values, 3)}" for name, values in figures)
 
 
 def sweep(args: argparse.Namespace, work: Path) -> None:
