@@ -61,7 +61,10 @@ var keys = []key{
 	{"id", "CLI_ID", ""},
 	{"server.address", "CLI_SERVER_ADDRESS", "server:12345"},
 	{"log.level", "CLI_LOG_LEVEL", "INFO"},
-	{"batch.maxAmount", "CLI_BATCH_MAXAMOUNT", "100"},
+	// 500 is more bets than an 8 kB frame can hold (430 of the shortest bet lines), so by default
+	// the frame limit cuts every batch: a full frame costs the central one decode, one journal
+	// line, one log line and one ACK, whatever the number of bets in it.
+	{"batch.maxAmount", "CLI_BATCH_MAXAMOUNT", "500"},
 	{"batch.window", "CLI_BATCH_WINDOW", "16"},
 	{"data.path", "CLI_DATA_PATH", "/data/agency.csv"},
 	// 30 attempts with the backoff below wait about 1 to 2 minutes in all: long enough to ride

@@ -34,7 +34,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		ID: 3, ServerAddress: "server:12345", LogLevel: logs.Info, BatchMaxAmount: 100,
+		ID: 3, ServerAddress: "server:12345", LogLevel: logs.Info, BatchMaxAmount: 500,
 		BatchWindow: 16, DataPath: "/data/agency.csv", RetryAttempts: 30,
 		RetryInitialBackoff: 100 * time.Millisecond, RetryMaxBackoff: 5 * time.Second,
 		IOTimeout: 10 * time.Second, WinnersTimeout: 10 * time.Minute,
