@@ -29,7 +29,6 @@ class InvalidBatch(ValueError):
 # The quantifiers are possessive ({m,n}+, ++): a name holds no comma and a number no separator, so
 # a field never has a character to give back to the next and backtracking could never find another
 # match; without its bookkeeping the batch pattern costs about 15 % less.
-_PLAIN_NAME = rb'[^,"\x00-\x1f\x7f]{1,100}+'
 _DIGITS = rb"[0-9]{1,10}+"
 # Month-aware day ranges, and 02-29 in leap years only (divisible by 4, and by 400 if by 100):
 # one pattern settles every date, so a batch needs no second pass for February 29.
@@ -40,8 +39,15 @@ _DATE = (
     rb"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
     rb"|(?!0000)" + _LEAP_YEAR + rb"-02-29)"
 )
-# The common case, a batch without any quoted name, is checked whole by one regular expression.
-_PLAIN_LINE = _PLAIN_NAME + b"," + _PLAIN_NAME + b"," + _DIGITS + b"," + _DATE + b"," + _DIGITS + b"\n"
+# The common case, a batch without any quoted name, is settled in two passes (_plain_batch_valid):
+# deleting every byte a field may hold (all but the comma, the double quote and the control
+# characters, the line end among them) must leave exactly ",,,,\n" per line. That one pass at C
+# speed settles the line count, the five fields of every line, and that no field holds a quote or
+# a control character; the pattern then checks the fields themselves, its names only "no comma"
+# (a single negated character: the regular expression engine's fastest loop).
+_FIELD_BYTES = bytes(b for b in range(0x20, 0x100) if b not in b',"\x7f')
+_PLAIN_SEPARATORS = b",,,,\n"
+_PLAIN_LINE = rb"[^,]{1,100}+,[^,]{1,100}+," + _DIGITS + b"," + _DATE + b"," + _DIGITS + b"\n"
 _PLAIN_LINES_RE = re.compile(b"(?:" + _PLAIN_LINE + b")++")
 _C1_RE = re.compile(rb"\xc2[\x80-\x9f]")  # U+0080..U+009F, the C1 control characters, in UTF-8
 _NAME_RE = re.compile(rb'[^\x00-\x1f\x7f]{1,100}')
@@ -99,28 +105,36 @@ def bet_line_error(line: bytes) -> str | None:
     return None
 
 
+def _plain_batch_valid(bets: bytes, count: int) -> bool:
+    """Whether `bets` is `count` valid bet lines without a quoted name (the fast path: False
+    also for a batch it does not settle, which the rules then check line by line)."""
+    separators = bets.translate(None, _FIELD_BYTES)
+    if len(separators) != len(_PLAIN_SEPARATORS) * count or separators != _PLAIN_SEPARATORS * count:
+        return False  # (the length first: `count` is the peer's, the product is then at most 8 kB)
+    if _PLAIN_LINES_RE.fullmatch(bets) is None:
+        return False
+    if b"\xc2" in bets and _C1_RE.search(bets) is not None:  # memchr first: C1 is rare
+        return False
+    try:
+        bets.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def validate_bets(bets: bytes, count: int) -> None:
     """Raise InvalidBatch unless `bets` is exactly `count` valid bet lines.
 
-    The fast path checks a whole batch without quotes with one compiled regular expression; a
-    batch with a quoted name, or one that fails it, is checked line by line.
+    The fast path settles a valid batch without quotes; any other batch, and every refusal, is
+    decided by the rules line by line.
     """
+    if _plain_batch_valid(bets, count):
+        return
     lines = bets.count(b"\n")
     if not bets.endswith(b"\n"):
         raise InvalidBatch("the batch does not end with a newline", malformed=True)
     if lines != count:
         raise InvalidBatch(f"count is {count} but the batch has {lines} lines", malformed=True)
-    try:
-        bets.decode("utf-8")
-        valid = (
-            b'"' not in bets
-            and _PLAIN_LINES_RE.fullmatch(bets) is not None
-            and (b"\xc2" not in bets or _C1_RE.search(bets) is None)  # memchr first: C1 is rare
-        )
-    except UnicodeDecodeError:
-        valid = False
-    if valid:
-        return
     for number, line in enumerate(bets.split(b"\n")[:count], start=1):
         reason = bet_line_error(line)
         if reason is not None:
