@@ -319,27 +319,6 @@ def test_the_fold_of_batch_lines_is_the_fold_of_their_records() -> None:
             JournalRecord.parse(damaged[:-1])
 
 
-def test_draw_streams_and_finds_exactly_the_winners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(draw, "CHUNK_SIZE", 64)  # many chunk boundaries inside lines
-    store = open_storage(tmp_path)
-    bets = [bet(f"{n}", "7574" if n % 7 == 0 else str(n)) for n in range(1, 200)]
-    bets += [bet("900", "07574"), bet("901", "75740"), bet("902", "17574")]
-    # Quoted names: a winner's, and names that hold ",7574" without the bet's number being it.
-    bets += [bet("903", "7574", first='Ana "7574", Paz', last="Ruiz, Soto"), bet("904", "1", last="Ruiz,7574"),
-             bet("905", "2", first="Ruiz,7574,", last='"7574"')]
-    store.store_batches([AgencyBets(1).batch(bets[:100]), AgencyBets(2).batch(bets[100:])])
-    size = (tmp_path / files.BETS_FILE).stat().st_size
-    winners = draw.find_winners(tmp_path / files.BETS_FILE, size)
-    expected = [(1 if n <= 100 else 2, str(n)) for n in range(1, 200) if n % 7 == 0] + [(2, "900"), (2, "903")]
-    assert winners == expected
-    assert not draw.draw_done(tmp_path)
-    assert draw.run_draw(tmp_path, size) == len(expected)
-    assert draw.draw_done(tmp_path)
-    result = draw.load_winners(tmp_path)
-    assert result[1] == [d for a, d in expected if a == 1]
-    assert result[2] == [d for a, d in expected if a == 2]
-
-
 def test_a_drawn_round_refuses_new_bets_and_fins_but_acknowledges_the_last_batch(tmp_path: Path) -> None:
     store = open_storage(tmp_path)
     one, two = AgencyBets(1), AgencyBets(2)

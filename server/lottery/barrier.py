@@ -3,10 +3,12 @@ work on the storage (it is the only process that draws and checkpoints).
 
 **The barrier is a condition on the journal, not a message.** It is re-evaluated whenever the
 journal may have changed: a worker's nudge, or a changed size or inode seen on the supervisor's
-tick. When every agency 1..AGENCIES has a FIN and the round is not drawn, the storage is synced
-(a FIN appended by a worker killed before its own sync becomes durable here), then drawn
-(draw.py). A lost nudge or a killed worker only delays the draw by a tick. The supervisor never
-waits for the append lock: when another process holds it, the check is tried again next tick.
+tick. Until every agency 1..AGENCIES has a FIN, each look also scans the bets stored since the
+last one for winners (draw.Scan: the draw's reading, done ahead). Then the storage is synced (a
+FIN appended by a worker killed before its own sync becomes durable here), and drawn (draw.py),
+reading only the bets stored since the last look. A lost nudge or a killed worker only delays
+the draw by a tick. The supervisor never waits for the append lock: when another process holds
+it, the check is tried again next tick.
 
 **A barrier that explains itself.** Once the first FIN is recorded and until the draw, every
 STATUS_INTERVAL seconds one line says how many agencies are ready and which ones the draw waits
@@ -32,7 +34,7 @@ import os
 from . import draw
 from .config import ServerConfig
 from .durable import WriteFailed, sync_dir
-from .files import ANNOUNCED_FILE
+from .files import ANNOUNCED_FILE, BETS_FILE
 from .journal import JournalView
 from .storage import Storage
 
@@ -50,6 +52,7 @@ class Barrier:
         self.announced = (config.storage_dir / ANNOUNCED_FILE).exists()
         self.seen: tuple[int, int] | None = None  # the journal's (inode, size) last evaluated
         self.view: JournalView = storage.view  # the last view folded
+        self.scan = draw.Scan()  # the winners among the bets stored so far, found ahead of the draw
         self.next_status = 0.0  # monotonic time of the next barrier line
 
     def at_start(self) -> None:
@@ -77,10 +80,14 @@ class Barrier:
         self.seen, self.view = identity, view
         finished = view.finished(self.config.agencies)
         if finished < self.config.agencies:
+            try:
+                self.scan.advance(self.config.storage_dir / BETS_FILE, view.bets_end, draw.SCAN_AHEAD)
+            except OSError as err:  # the draw reads these bets again
+                log.warning("action: draw_scan | result: fail | error: %s", err)
             return False
         try:
             self.storage.sync()  # a FIN appended by a worker that died before its sync is made durable
-            winners = draw.run_draw(self.config.storage_dir, view.bets_end)
+            winners = draw.run_draw(self.config.storage_dir, view.bets_end, self.scan)
         except (OSError, WriteFailed) as err:  # e.g. a full disk: retried on the next tick
             log.error("action: sorteo | result: fail | error: %s", err)
             self.seen = None

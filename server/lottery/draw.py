@@ -5,11 +5,19 @@ holds every bet) and writes ``winners.csv`` (``agency,document`` lines) atomical
 file, fsync, rename, fsync of the directory. The file's existence is the fact "the draw has
 happened": a restarted server answers winners queries without drawing again, and the storage
 refuses new bets and FINs of a drawn round. Only the supervisor draws (supervisor.py).
+
+**The scan runs ahead of the draw** (`Scan`). bets.csv only grows, and its bytes up to the end the
+journal records never change while the central runs (a failed append is cut back before its
+journal line is written; a checkpoint rewrites only the journal), so the winners among them can be
+found before the last FIN: the barrier scans what is new each time it looks at the journal, and
+the draw itself then reads only the bets stored since. The result is the same as one scan of the
+whole file; the work is done while the agencies still send, instead of after the last one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .durable import write_file_atomically
@@ -48,8 +56,15 @@ def _winners_in(block: bytes | bytearray, end: int) -> Iterator[tuple[int, str]]
         hit = block.find(_NEEDLE, hit + len(_NEEDLE), end)
 
 
-def find_winners(bets_path: Path, size: int) -> list[tuple[int, str]]:
-    """(agency, document) of every winning bet in the first `size` bytes of `bets_path`.
+def find_winners(bets_path: Path, size: int, start: int = 0) -> list[tuple[int, str]]:
+    """(agency, document) of every winning bet in bytes `start` to `size` of `bets_path` (both
+    at line boundaries)."""
+    return _scan(bets_path, start, size)[0]
+
+
+def _scan(bets_path: Path, start: int, size: int) -> tuple[list[tuple[int, str]], int]:
+    """The winners among the whole lines in bytes `start` to `size` of `bets_path`, and where the
+    last of those lines ends.
 
     The file is read into one reused buffer (a line cut by a chunk's end is moved to its start),
     so the draw allocates nothing per chunk: the supervisor's memory stays flat however large
@@ -57,32 +72,54 @@ def find_winners(bets_path: Path, size: int) -> list[tuple[int, str]]:
     winners: list[tuple[int, str]] = []
     buffer = bytearray(2 * CHUNK_SIZE)
     held = 0  # bytes of a line not finished yet, at the start of the buffer
-    remaining = size
+    position = start  # the file's offset of the buffer's first byte
     with open(bets_path, "rb", buffering=0) as bets:
-        while remaining > 0:
-            want = min(CHUNK_SIZE, remaining)
+        bets.seek(start)
+        while position + held < size:
+            want = min(CHUNK_SIZE, size - position - held)
             if held + want > len(buffer):  # a line longer than a chunk: only in tests
                 buffer.extend(bytes(held + want - len(buffer)))
             with memoryview(buffer) as view:
                 got = bets.readinto(view[held : held + want])
             if not got:
                 break
-            remaining -= got
             end = held + got
             cut = buffer.rfind(b"\n", 0, end) + 1  # only whole lines; the rest waits for the next chunk
             winners.extend(_winners_in(buffer, cut))
             buffer[: end - cut] = buffer[cut:end]
-            held = end - cut
-    return winners
+            position, held = position + cut, end - cut
+    return winners, position
 
 
-def run_draw(directory: Path, bets_size: int) -> int:
+SCAN_AHEAD = 32 << 20  # bytes one look of the barrier scans at most (about 30 ms): it keeps its tick
+
+
+@dataclass
+class Scan:
+    """The winners among the first `end` bytes of bets.csv, found ahead of the draw."""
+
+    end: int = 0
+    winners: list[tuple[int, str]] = field(default_factory=list)
+
+    def advance(self, bets_path: Path, end: int, limit: int | None = None) -> None:
+        """Scan on towards `end`, an end of bets.csv the journal records (so at a line
+        boundary): `limit` bytes at most, all of them without one. Raises OSError (the next
+        call tries again)."""
+        if end > self.end:
+            target = end if limit is None else min(end, self.end + limit)
+            winners, self.end = _scan(bets_path, self.end, target)
+            self.winners += winners
+
+
+def run_draw(directory: Path, bets_size: int, scan: Scan | None = None) -> int:
     """Draw over the first `bets_size` (synced) bytes of bets.csv and persist the result; returns
-    the number of winners. Raises OSError or WriteFailed (retry later) or SyncFailed (stop)."""
-    winners = find_winners(directory / BETS_FILE, bets_size)
-    content = b"".join(b"%d,%s\n" % (agency, doc.encode()) for agency, doc in winners)
+    the number of winners. `scan`: what the barrier found ahead; only the rest is read. Raises
+    OSError or WriteFailed (retry later) or SyncFailed (stop)."""
+    scan = scan if scan is not None else Scan()
+    scan.advance(directory / BETS_FILE, bets_size)
+    content = b"".join(b"%d,%s\n" % (agency, doc.encode()) for agency, doc in scan.winners)
     write_file_atomically(winners_path(directory), content)
-    return len(winners)
+    return len(scan.winners)
 
 
 def load_winners(directory: Path) -> dict[int, list[str]]:
