@@ -31,18 +31,22 @@ def test_a_run_reports_and_make_status_shows_it_then_a_kept_round_for_others_is_
     first = compose(2)
     started = compose_up()
     assert started.returncode == 0, started.stdout + started.stderr
-    for client in first.clients:
+    sent = {}  # agency -> the batches it says it sent (the central must count the same)
+    for agency, client in enumerate(first.clients, start=1):
         assert first.wait_exit(client) == 0
-        progress = re.findall(r"action: progreso \| result: in_progress \| apuestas: \d+ \| porcentaje: (\d+)",
-                              first.logs(client))
+        logs = first.logs(client)
+        progress = re.findall(r"action: progreso \| result: in_progress \| apuestas: \d+ \| porcentaje: (\d+)", logs)
         assert progress == [str(p) for p in range(10, 101, 10)], progress  # one line per tenth of the file
-    first.wait_log("server", r"action: reporte \| result: success \| agencias: 2 \| apuestas: 32000 \| batches: 320"
-                             rf" \| ganadores: {DEFAULT_WINNERS[1] + DEFAULT_WINNERS[2]}")
+        batches = re.search(r"action: apuestas_enviadas \| result: success \| cantidad: 16000 \| batches: (\d+)", logs)
+        assert batches, logs[-2000:]
+        sent[agency] = int(batches.group(1))
+    first.wait_log("server", r"action: reporte \| result: success \| agencias: 2 \| apuestas: 32000 \|"
+                             rf" batches: {sent[1] + sent[2]} \| ganadores: {DEFAULT_WINNERS[1] + DEFAULT_WINNERS[2]}")
     shown = make_status()
     assert shown.returncode == 0, shown.stdout + shown.stderr
     rows = [line.split() for line in shown.stdout.splitlines()]
-    assert ["1", "16000", "160", "yes", str(DEFAULT_WINNERS[1])] in rows
-    assert ["2", "16000", "160", "yes", str(DEFAULT_WINNERS[2])] in rows
+    assert ["1", "16000", str(sent[1]), "yes", str(DEFAULT_WINNERS[1])] in rows
+    assert ["2", "16000", str(sent[2]), "yes", str(DEFAULT_WINNERS[2])] in rows
     assert shown.stdout.splitlines()[-1] == "draw: done | agencies awaited: none"
     first("stop", "-t", "10", timeout=60)  # the storage volume stays: a kept round for 2 agencies
     before = time.monotonic()
