@@ -56,10 +56,9 @@ def _winners_in(block: bytes | bytearray, end: int) -> Iterator[tuple[int, str]]
         hit = block.find(_NEEDLE, hit + len(_NEEDLE), end)
 
 
-def find_winners(bets_path: Path, size: int, start: int = 0) -> list[tuple[int, str]]:
-    """(agency, document) of every winning bet in bytes `start` to `size` of `bets_path` (both
-    at line boundaries)."""
-    return _scan(bets_path, start, size)[0]
+def find_winners(bets_path: Path, size: int) -> list[tuple[int, str]]:
+    """(agency, document) of every winning bet in the first `size` bytes of `bets_path`."""
+    return _scan(bets_path, 0, size)[0]
 
 
 def _scan(bets_path: Path, start: int, size: int) -> tuple[list[tuple[int, str]], int]:
