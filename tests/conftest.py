@@ -28,7 +28,8 @@ CLIENT_DIR = ROOT / "client"
 sys.path.insert(0, str(SERVER_DIR))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from lottery import protocol  # noqa: E402
+from lottery import protocol, recovery  # noqa: E402
+from lottery.storage import Storage  # noqa: E402
 from processes import (  # noqa: E402,F401  (shared with tools/)
     Central,
     central_env,
@@ -348,6 +349,13 @@ def launch(client_binary, tmp_path: Path) -> Iterator:
 
 
 Row = tuple[str, str, str, str, str]  # first_name, last_name, document, birthdate, number
+
+
+def open_storage(directory: Path, agencies: int) -> Storage:
+    """The storage in `directory`, recovered for a round of `agencies`, as a process of the central
+    opens it (without a board: no central runs)."""
+    recovery.recover(directory, agencies)
+    return Storage(directory)
 
 
 def csv_rows(storage: Path) -> list[list[str]]:

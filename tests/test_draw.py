@@ -8,20 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SERVER_DIR, AgencyBets, bet
-from lottery import config, draw, files, recovery
+from conftest import SERVER_DIR, AgencyBets, bet, open_storage
+from lottery import config, draw, files
 from lottery.barrier import Barrier
-from lottery.storage import Storage
-
-
-def open_storage(directory: Path, agencies: int = 9) -> Storage:
-    recovery.recover(directory, agencies)
-    return Storage(directory)
 
 
 def test_draw_streams_and_finds_exactly_the_winners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(draw, "CHUNK_SIZE", 64)  # many chunk boundaries inside lines
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, 3)
     bets = [bet(f"{n}", "7574" if n % 7 == 0 else str(n)) for n in range(1, 200)]
     bets += [bet("900", "07574"), bet("901", "75740"), bet("902", "17574")]
     # Quoted names: a winner's, and names that hold ",7574" without the bet's number being it.
@@ -46,7 +40,7 @@ def test_a_scan_in_pieces_finds_what_one_scan_finds(tmp_path: Path, monkeypatch:
     are those of one scan of the whole file."""
     monkeypatch.setattr(draw, "CHUNK_SIZE", 64)
     rng = random.Random(5)
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, 3)
     agencies = [AgencyBets(agency) for agency in (1, 2, 3)]
     ends = []
     for n in range(60):

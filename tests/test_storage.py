@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AgencyBets, batch, bet, chain_of, csv_rows, row
+from conftest import AgencyBets, batch, bet, chain_of, csv_rows, open_storage, row
 from lottery import draw, files, recovery
 from lottery.board import Board
 from lottery.durable import StorageError
@@ -20,17 +20,12 @@ from lottery.storage import FinOutcome, Outcome, Storage
 AGENCIES = 9  # the round these tests store into
 
 
-def open_storage(directory: Path) -> Storage:
-    recovery.recover(directory, AGENCIES)
-    return Storage(directory)
-
-
 def outcomes(store: Storage, batches: list[Bet]) -> list[Outcome]:
     return [verdict.outcome for verdict in store.store_batches(batches)]
 
 
 def test_batches_are_stored_once_in_order(tmp_path: Path) -> None:
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     one, two = AgencyBets(1), AgencyBets(2)
     first = one.batch([bet("10"), bet("11", "7574", first="José", last="Núñez")])
     assert outcomes(store, [first, one.batch([bet("12")]), two.batch([bet("20")])]) == [Outcome.STORED] * 3
@@ -48,7 +43,7 @@ def test_batches_are_stored_once_in_order(tmp_path: Path) -> None:
 
 
 def test_a_verdict_carries_the_state_it_was_decided_against(tmp_path: Path) -> None:
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     agency = AgencyBets(1)
     first, second = agency.batch([bet("1"), bet("2")]), agency.batch([bet("3")])
     verdicts = store.store_batches([first, second, batch(1, 4, [bet("4")], 0xDEADBEEF)])
@@ -59,7 +54,7 @@ def test_a_verdict_carries_the_state_it_was_decided_against(tmp_path: Path) -> N
 
 
 def test_the_exactly_once_rules_of_a_batch(tmp_path: Path) -> None:
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     agency = AgencyBets(1)
     bets = [bet(str(n)) for n in range(1, 21)]
     a, b = agency.batch(bets[:5]), agency.batch(bets[5:10])
@@ -93,7 +88,7 @@ def test_the_exactly_once_rules_of_a_batch(tmp_path: Path) -> None:
 
 
 def test_fin_rules(tmp_path: Path) -> None:
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     agency = AgencyBets(3)
     first = agency.batch([bet("30")])
     assert outcomes(store, [first]) == [Outcome.STORED]
@@ -117,7 +112,7 @@ def test_one_commit_decides_batches_and_fins_in_order(tmp_path: Path) -> None:
     """A group commit of batches and FINs: a FIN counts the batches before it in the same call,
     a batch after its agency's FIN in the same call is FINISHED, another agency's FIN is its own;
     one append, and a restart finds the same."""
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     one, two = AgencyBets(1), AgencyBets(2)
     first, second = one.batch([bet("1")]), one.batch([bet("2")])
     fin_one = Fin(1, 2, second.chain_after)
@@ -130,11 +125,11 @@ def test_one_commit_decides_batches_and_fins_in_order(tmp_path: Path) -> None:
     assert store.view.fins == {1: (2, second.chain_after), 2: (0, 0)}
     assert [r[3] for r in csv_rows(tmp_path)] == ["1", "2"]
     store.close()
-    assert open_storage(tmp_path).view.fins == {1: (2, second.chain_after), 2: (0, 0)}
+    assert open_storage(tmp_path, AGENCIES).view.fins == {1: (2, second.chain_after), 2: (0, 0)}
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     agency = AgencyBets(1)
     store.store_batches([agency.batch([bet("1")]), agency.batch([bet("2"), bet("3")])])
     store.record_fin(1, 3, agency.chain)
@@ -152,7 +147,7 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 def test_a_checkpoint_keeps_what_decides_a_resend(tmp_path: Path) -> None:
     """The checkpoint keeps each agency's stored count, chain and last batch's first: after a
     compaction and a restart the last batch is still acknowledged as a resend, and nothing else."""
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     one, two = AgencyBets(1), AgencyBets(2)
     store.store_batches([one.batch([bet("1"), bet("2")]), one.batch([bet("3"), bet("4"), bet("5")]),
                          two.batch([bet("6")])])
@@ -182,7 +177,7 @@ def test_a_checkpoint_keeps_what_decides_a_resend(tmp_path: Path) -> None:
     ],
 )
 def test_recovery_keeps_the_longest_valid_prefix(tmp_path: Path, damage: str, kept_batches: int) -> None:
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     agency = AgencyBets(1)
     first, second = agency.batch([bet("1")]), agency.batch([bet("2"), bet("3")])
     store.store_batches([first, second])
@@ -216,7 +211,7 @@ def test_recovery_keeps_the_longest_valid_prefix(tmp_path: Path, damage: str, ke
 
 
 def test_a_dead_writers_leftovers_are_cut_by_the_next_writer(tmp_path: Path) -> None:
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     other = Storage(tmp_path)
     store.store_batches([AgencyBets(1).batch([bet("1")])])
     with open(tmp_path / files.BETS_FILE, "ab") as bets:  # a writer killed mid-batch
@@ -280,7 +275,7 @@ def _agency_lines(directory: Path, agency: int) -> list[bytes]:
 
 
 def test_journal_crc_covers_the_batch_bytes_and_the_chain_its_bets(tmp_path: Path) -> None:
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     agency = AgencyBets(7)
     store.store_batches([agency.batch([bet("70", first="Pérez, Juan"), bet("71")])])
     line = (tmp_path / files.JOURNAL_FILE).read_text().splitlines()[-1].split()
@@ -320,7 +315,7 @@ def test_the_fold_of_batch_lines_is_the_fold_of_their_records() -> None:
 
 
 def test_a_drawn_round_refuses_new_bets_and_fins_but_acknowledges_the_last_batch(tmp_path: Path) -> None:
-    store = open_storage(tmp_path)
+    store = open_storage(tmp_path, AGENCIES)
     one, two = AgencyBets(1), AgencyBets(2)
     last = one.batch([bet("1", "7574")])
     assert outcomes(store, [last, two.batch([bet("2")])]) == [Outcome.STORED] * 2
