@@ -1,7 +1,8 @@
-// Tests of CheckPlainLine, the fast path of the bet line rules: on every line with no '"' and
-// no '\n' it must say what AppendBetLine says for the line's values split on ',' (the slow
-// path, itself checked against the wire rules and the shared vectors), and for a valid bet
-// the canonical line must be the line itself.
+// Tests of CheckPlainLine and ValidPlainLine, the fast paths of the bet line rules: on every
+// line with no '"' and no '\n' CheckPlainLine must say what AppendBetLine says for the line's
+// values split on ',' (the slow path, itself checked against the wire rules and the shared
+// vectors), ValidPlainLine whether that is "valid", and for a valid bet the canonical line
+// must be the line itself. ValidPlainLine refuses every line with a '"'.
 
 package protocol
 
@@ -19,6 +20,9 @@ func plainAgrees(t *testing.T, line []byte) {
 	got := CheckPlainLine(line)
 	if got != wantReason {
 		t.Fatalf("%q: CheckPlainLine says %q, AppendBetLine %q", line, got, wantReason)
+	}
+	if valid := ValidPlainLine(line); valid != (got == "") {
+		t.Fatalf("%q: ValidPlainLine says %v, CheckPlainLine %q", line, valid, got)
 	}
 	if got == "" && string(want) != string(line)+"\n" {
 		t.Fatalf("%q: valid, but its canonical line is %q", line, want)
@@ -81,7 +85,7 @@ func TestCheckPlainLineVectors(t *testing.T) {
 // every rule's edges, on every run (FuzzCheckPlainLine explores further when fuzzing).
 func TestCheckPlainLineRandom(t *testing.T) {
 	pieces := []string{"", "a", "Ñ", ",", ",,", ";", "'", " ", "\t", "\r", "\x00", "\x7f", "\u0085", "\u00a0",
-		"\xc2", "\xff", "0", "9", "-", "1990-01-01", "2001-02-29", "2000-02-29", "12345678901", strings.Repeat("b", 99)}
+		"\xc2", "\xff", "\xe2\x80", "\U0001F600", "\uFFFD", "0", "9", "-", "1990-01-01", "2001-02-29", "2000-02-29", "12345678901", strings.Repeat("b", 99)}
 	rng := rand.New(rand.NewPCG(7574, 2))
 	for range 200_000 {
 		var b strings.Builder
@@ -92,18 +96,25 @@ func TestCheckPlainLineRandom(t *testing.T) {
 	}
 }
 
-// FuzzCheckPlainLine: the fast and the slow path agree on every line with no '"' and no '\n'
-// (the only lines the reader hands the fast path).
+// FuzzCheckPlainLine: the fast paths and the slow path agree on every line with no '"' and no
+// '\n' (the only lines the reader hands CheckPlainLine); ValidPlainLine refuses the others.
 func FuzzCheckPlainLine(f *testing.F) {
 	f.Add([]byte("Santiago Lionel,Lorca,30904465,1999-03-17,7574"))
 	f.Add([]byte("Zoë,Ñandú\u0085,1,2000-02-29,1"))
 	f.Add([]byte("a,b,1,1990-01-01,1,"))
 	f.Add([]byte("a\xff,b,1,1990-01-01,1"))
+	f.Add([]byte("\"a\",b,1,1990-01-01,1"))
 	f.Fuzz(func(t *testing.T, line []byte) {
-		if bytes.ContainsAny(line, "\"\n") {
-			t.Skip("not a plain line")
+		switch {
+		case bytes.IndexByte(line, '\n') >= 0:
+			t.Skip("not a line")
+		case bytes.IndexByte(line, '"') >= 0:
+			if ValidPlainLine(line) {
+				t.Fatalf("%q: ValidPlainLine takes a line with a quote", line)
+			}
+		default:
+			plainAgrees(t, line)
 		}
-		plainAgrees(t, line)
 	})
 }
 
@@ -141,5 +152,36 @@ func BenchmarkAppendBetLineBytes(b *testing.B) {
 		if _, reason := AppendBetLine(buf[:0], fields); reason != "" {
 			b.Fatal("invalid")
 		}
+	}
+}
+
+// TestValidPlainLineRefusesQuotes: a line with a '"' is never taken as plain, wherever the
+// quote is.
+func TestValidPlainLineRefusesQuotes(t *testing.T) {
+	line := []byte("Ana,Lopez,12,1990-01-01,1")
+	if !ValidPlainLine(line) {
+		t.Fatalf("%q: refused", line)
+	}
+	for i := range len(line) + 1 {
+		quoted := append(append(append([]byte{}, line[:i]...), '"'), line[i:]...)
+		if ValidPlainLine(quoted) {
+			t.Fatalf("%q: taken as plain", quoted)
+		}
+	}
+}
+
+// benchAccented is a line like those of the benchmark's data set: accented names.
+var benchAccented = []byte("Andrés,Báez,11816490,1989-11-08,8418")
+
+func BenchmarkValidPlainLine(b *testing.B) {
+	for _, line := range [][]byte{benchLine, benchAccented} {
+		b.Run(string(line[:3]), func(b *testing.B) {
+			b.SetBytes(int64(len(line) + 1))
+			for b.Loop() {
+				if !ValidPlainLine(line) {
+					b.Fatal("invalid")
+				}
+			}
+		})
 	}
 }
