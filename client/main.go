@@ -32,7 +32,9 @@ func main() {
 // ACK): a second P only makes the runtime start idle threads that spin looking for work, and
 // with 1,000 short-lived agencies on a machine those threads (clone, their stacks, the TLB
 // shootdowns their cores then need) cost about 0.3 ms of the 4.7 ms CPU of an agency run of
-// 1,000 bets, for no throughput: the central, not the agency, is the bottleneck.
+// 1,000 bets, for no throughput: the central, not the agency, is the bottleneck. The image sets
+// GOMAXPROCS=1 (client/Dockerfile), which is cheaper still: by the time main runs, the runtime
+// has already started a thread for the second P, which the environment variable prevents.
 func singleProcessor(getenv func(string) string) {
 	if getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)

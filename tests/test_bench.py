@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -66,3 +68,18 @@ def test_a_profiled_run_reports_the_centrals_functions_by_cpu_time(tmp_path) -> 
         result.stdout
     assert "'fullmatch' of 're.Pattern'" in result.stdout  # the pattern that validates each batch
     assert sorted(path.name.split("-")[0] for path in tmp_path.rglob("*.prof")) == ["supervisor", "worker", "worker"]
+
+
+def test_a_sides_agencies_run_with_what_its_image_sets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """bench_run.dockerfile_env: the final stage's ENV lines (the build stage's do not reach the
+    image), and the project's agency image sets GOMAXPROCS=1."""
+    from bench_run import BenchError, dockerfile_env
+
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM golang AS build\nENV CGO_ENABLED=0 GOFLAGS=-mod=vendor\n# it's a comment\n"
+                          "FROM scratch\nENV GOMAXPROCS=1 NAME=\"two words\"\nENTRYPOINT [\"/client\"]\n")
+    assert dockerfile_env(dockerfile) == {"GOMAXPROCS": "1", "NAME": "two words"}
+    dockerfile.write_text("FROM scratch\nENV GOMAXPROCS 1\n")
+    with pytest.raises(BenchError, match="KEY=VALUE"):
+        dockerfile_env(dockerfile)
+    assert dockerfile_env(ROOT / "client" / "Dockerfile") == {"GOMAXPROCS": "1"}

@@ -11,15 +11,15 @@ line of tools/bench.py; a run is in bench_run.py, the side-by-side in bench_vs.p
 
 It generates a data set with tools/gen_data.py into a temporary directory, builds the agency
 binary as client/Dockerfile does (CGO_ENABLED=0 go build -mod=vendor -trimpath -ldflags='-s -w':
-the shipped binary), starts the server with its storage in that directory (fsync'd
-acknowledgements, as in production), launches every agency at once (posix_spawn, environments
-prepared beforehand: tools/bench_launch.py) and waits for all of them. It checks the result (every
-agency exits 0 and reports the winners its file holds, every bet is stored once), then prints a
-`run N:` line: bets, agencies, wall seconds from the launch of the first agency to the exit of the
-last one (so it includes every connection, batch, fsync, the draw and every winners reply), bets
-per second, the CPU time (user + system) of the server's processes and of the agencies together
-(on a machine with few cores they compete, so CPU time shows where wall time goes), and the
-server's memory, two ways (tools/bench_memory.py):
+the shipped binary, run with the ENV its image sets: GOMAXPROCS=1), starts the server with its
+storage in that directory (fsync'd acknowledgements, as in production), launches every agency at
+once (posix_spawn, environments prepared beforehand: tools/bench_launch.py) and waits for all of
+them. It checks the result (every agency exits 0 and reports the winners its file holds, every bet
+is stored once), then prints a `run N:` line: bets, agencies, wall seconds from the launch of the
+first agency to the exit of the last one (so it includes every connection, batch, fsync, the draw
+and every winners reply), bets per second, the CPU time (user + system) of the server's processes
+and of the agencies together (on a machine with few cores they compete, so CPU time shows where
+wall time goes), and the server's memory, two ways (tools/bench_memory.py):
 
 - server_peak_memory_mib: the sum of the peak resident set (VmHWM) of the supervisor and each
   worker. Pages the workers share with the supervisor since the fork, and shared libraries, count

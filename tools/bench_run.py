@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,6 +57,7 @@ class Side:
     binary: Path
     secrets: Path
     label: str
+    image_env: dict[str, str]  # what its client/Dockerfile's image sets (ENV): its agencies run with it
 
     @property
     def server_dir(self) -> Path:
@@ -95,7 +97,26 @@ def build_side(name: str, checkout: Path, work: Path, agencies: int) -> Side:
                        stdout=subprocess.DEVNULL)
     except subprocess.CalledProcessError as err:
         raise BenchError(f"{name} ({checkout}): {' '.join(err.cmd)} failed with exit code {err.returncode}") from None
-    return Side(name, checkout, work, work / "client", work / "secrets", describe(checkout))
+    image_env = dockerfile_env(client / "Dockerfile")
+    return Side(name, checkout, work, work / "client", work / "secrets", describe(checkout), image_env)
+
+
+def dockerfile_env(dockerfile: Path) -> dict[str, str]:
+    """The variables the final stage of `dockerfile` sets with ENV (`ENV K=V K2=V2` lines, the only
+    form the project's Dockerfiles use): the agency's image runs it with them, so a side's agencies
+    run with its own (GOMAXPROCS=1 since issue 14; the code before set none)."""
+    env: dict[str, str] = {}
+    for line in dockerfile.read_text(encoding="utf-8").splitlines():
+        instruction, _, rest = line.strip().partition(" ")
+        if instruction.upper() == "FROM":
+            env = {}  # a new stage: the build stage's variables are not the image's
+        elif instruction.upper() == "ENV":
+            for word in shlex.split(rest):
+                key, sep, value = word.partition("=")
+                if not sep:
+                    raise BenchError(f"{dockerfile}: ENV {word!r}: only the KEY=VALUE form is read here")
+                env[key] = value
+    return env
 
 
 def prepare(agencies: int, bets: int, work: Path) -> tuple[Path, dict[int, int]]:
@@ -153,7 +174,7 @@ def agency_launches(args: argparse.Namespace, side: Side, data: Path, port: int,
     if args.window:
         env["CLI_BATCH_WINDOW"] = str(args.window)
     return [Launch([str(side.binary)],
-                   {**env, "CLI_ID": str(a), "CLI_DATA_PATH": str(data / f"agency-{a}.csv"),
+                   {**env, **side.image_env, "CLI_ID": str(a), "CLI_DATA_PATH": str(data / f"agency-{a}.csv"),
                     "CLI_TLS_CERT": str(side.secrets / f"agency-{a}.pem"),
                     "CLI_TLS_KEY": str(side.secrets / f"agency-{a}-key.pem")},
                    side.work / f"agency-{run}-{a}.log")

@@ -71,17 +71,19 @@ func (s *source) rewind() error {
 // set), or a fatal read error naming the file.
 func (s *source) next() ([]byte, error) {
 	line, err := nextBet(s.reader, s.invalidRow)
-	switch {
-	case errors.Is(err, io.EOF):
-		s.eof = true
-		s.progress(100)
-		return nil, io.EOF
-	case err != nil:
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			s.eof = true
+			s.progress(100)
+			return nil, io.EOF
+		}
 		return nil, fmt.Errorf("read %s: %w", s.path, err)
 	}
 	s.bets++
-	if s.size > 0 {
-		s.progress(int(s.reader.Offset() * 10 / s.size * 10))
+	// The next tenth is reached when offset*10/size*10 > reported, that is when offset*10
+	// reaches (reported/10+1)*size: a product per row instead of two divisions.
+	if offset := s.reader.Offset(); s.size > 0 && offset*10 >= int64(s.reported/10+1)*s.size {
+		s.progress(int(offset * 10 / s.size * 10))
 	}
 	return line, nil
 }
@@ -103,10 +105,10 @@ func (s *source) progress(percent int) {
 func (s *source) nextBatch(b *bets.Builder) (*bets.Batch, error) {
 	for {
 		line, err := s.next()
-		if errors.Is(err, io.EOF) {
-			return b.Flush(), nil
-		}
 		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return b.Flush(), nil
+			}
 			return nil, err
 		}
 		full, err := b.Add(line)
