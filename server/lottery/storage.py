@@ -33,8 +33,8 @@ import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .board import Board
 from .durable import StorageError, WriteFailed, sync, write_all, write_file_atomically
@@ -67,9 +67,9 @@ class FinOutcome(enum.Enum):
     ROUND_CLOSED = "round_closed"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A decision on one batch or FIN, with the agency's stored state it was decided against."""
+class Verdict(NamedTuple):
+    """A decision on one batch or FIN, with the agency's stored state it was decided against (a
+    named tuple: one is made per batch, and it is half the cost of a frozen dataclass)."""
 
     outcome: Outcome | FinOutcome  # a FinOutcome for a FIN
     state: AgencyState
