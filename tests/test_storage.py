@@ -286,9 +286,32 @@ def test_journal_crc_covers_the_batch_bytes_and_the_chain_its_bets(tmp_path: Pat
     assert data == '7,"Pérez, Juan",López,70,1990-01-01,1\n7,Ana,López,71,1990-01-01,1\n'.encode()
 
 
-def test_the_fold_of_batch_lines_is_the_fold_of_their_records() -> None:
-    """JournalView.fold reads batch lines without building records: it must end in the state
-    that applying every parsed record gives, and refuse what JournalRecord.parse refuses."""
+def _written_otherwise(line: bytes, rng: random.Random) -> bytes:
+    """A batch line with the same values as `line`, written as the central never writes one (a
+    leading zero, a sign, upper-case hexadecimal): the fold must take it line by line."""
+    fields = line[:-1].split(b" ")
+    which = rng.randrange(3)
+    if which == 0:
+        fields[1] = b"0" + fields[1]
+    elif which == 1:
+        fields[3] = b"+" + fields[3]
+    else:
+        fields[6] = fields[6].upper() if fields[6].upper() != fields[6] else b"0" + fields[6]
+    return b" ".join(fields) + b"\n"
+
+
+def test_the_fold_of_batch_lines_is_the_fold_of_their_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """JournalView.fold reads batch lines without building records, runs of them as the central
+    writes them in bulk: whatever the lines and wherever the reads cut them, it must end in the
+    state that applying every parsed record gives, and refuse what JournalRecord.parse refuses."""
+    bulk_rows: list[tuple[bytes, ...]] = []
+    fold_run = JournalView._fold_batch_run
+
+    def counted(view: JournalView, rows: list[tuple[bytes, bytes, bytes, bytes, bytes]]) -> None:
+        bulk_rows.extend(rows)
+        fold_run(view, rows)
+
+    monkeypatch.setattr(JournalView, "_fold_batch_run", counted)
     rng = random.Random(3)
     lines = [JournalRecord("checkpoint", (9, 120, 3)).encode(), JournalRecord("agency", (2, 40, 0xABC, 31)).encode()]
     for _ in range(3000):
@@ -298,13 +321,25 @@ def test_the_fold_of_batch_lines_is_the_fold_of_their_records() -> None:
         else:
             values = (agency, rng.randint(1, 10**6), rng.randint(1, 200), rng.randint(0, 10**9), rng.getrandbits(32),
                       rng.getrandbits(32))
-            lines.append(JournalRecord("batch", values).encode())
+            line = JournalRecord("batch", values).encode()
+            lines.append(_written_otherwise(line, rng) if rng.random() < 0.05 else line)
     data = b"".join(lines) + b"batch 1 2"  # and a torn last line, left for the next fold
-    fast, slow = JournalView(), JournalView()
-    assert fast.fold(data) == len(data) - len(b"batch 1 2")
+    slow = JournalView()
     for line in lines:
         slow.apply(JournalRecord.parse(line[:-1]), len(line))
+    fast = JournalView()
+    assert fast.fold(data) == len(data) - len(b"batch 1 2")
     assert fast == slow
+    batch_lines = sum(line.startswith(b"batch") for line in lines)
+    assert 0.9 * batch_lines < len(bulk_rows) < batch_lines  # both ways were taken
+    for _ in range(20):  # read in pieces, as Storage._refresh reads a growing journal
+        pieces, carry, position = JournalView(), b"", 0
+        while position < len(data):
+            step = rng.choice((1, 7, 60, 500, 4096))
+            chunk = carry + data[position : position + step]
+            position += step
+            carry = chunk[pieces.fold(chunk) :]
+        assert pieces == slow and carry == b"batch 1 2"
     for damaged in (b"batch 1 2 3 4 5\n", b"batch 1 2 3 4 5 6 7\n", b"batch 1 -2 3 4 00000005 00000006\n",
                     b"batch 1 2 3 4 -0000005 00000006\n", b"batch 1 2 3 4 0000000g 00000006\n", b"batch x 2 3 4 5 6\n",
                     b"batc 1 2 3 4 5 6\n"):
