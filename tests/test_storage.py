@@ -389,3 +389,19 @@ def test_a_new_session_makes_every_older_one_of_the_agency_stale() -> None:
     finally:
         board.close()
     assert not Board(3).current(1, newer)  # a new central: no session outlives the last one
+
+
+def test_the_count_of_finished_agencies_is_the_count_of_their_fins() -> None:
+    """JournalView.finished keeps its count as FINs are folded in (the barrier asks at every look):
+    it must be the count of FINs of agencies 1..N, whatever N, with FINs outside the round, a FIN
+    recorded again, and a checkpoint that starts the count over."""
+    rng = random.Random(11)
+    view = JournalView()
+    view.apply(JournalRecord("checkpoint", (30, 0, 0)), 20)
+    for step in range(400):
+        if step % 150 == 149:
+            view.apply(JournalRecord("checkpoint", (30, 0, 0)), 20)
+        else:
+            view.apply(JournalRecord("fin", (rng.choice((0, *range(1, 31), 31, 45)), step, 0)), 20)
+        for agencies in (0, 1, 10, 30, 31, 44, 45, 50):
+            assert view.finished(agencies) == sum(1 for agency in view.fins if 1 <= agency <= agencies)
