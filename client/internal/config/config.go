@@ -65,7 +65,10 @@ var keys = []key{
 	// the frame limit cuts every batch: a full frame costs the central one decode, one journal
 	// line, one log line and one ACK, whatever the number of bets in it.
 	{"batch.maxAmount", "CLI_BATCH_MAXAMOUNT", "500"},
-	{"batch.window", "CLI_BATCH_WINDOW", "16"},
+	// 32 full frames (256 kB held at most) in flight: with 16, a worker of the central that
+	// syncs a group comes back to fewer batches, so its groups are smaller and its syncs more
+	// (the default run 5 % shorter with 32; 64 is no shorter).
+	{"batch.window", "CLI_BATCH_WINDOW", "32"},
 	{"data.path", "CLI_DATA_PATH", "/data/agency.csv"},
 	// 30 attempts with the backoff below wait about 1 to 2 minutes in all: long enough to ride
 	// out a restart of the central (a few seconds, plus Docker's restart delay).

@@ -35,7 +35,7 @@ func TestDefaults(t *testing.T) {
 	}
 	want := Config{
 		ID: 3, ServerAddress: "server:12345", LogLevel: logs.Info, BatchMaxAmount: 500,
-		BatchWindow: 16, DataPath: "/data/agency.csv", RetryAttempts: 30,
+		BatchWindow: 32, DataPath: "/data/agency.csv", RetryAttempts: 30,
 		RetryInitialBackoff: 100 * time.Millisecond, RetryMaxBackoff: 5 * time.Second,
 		IOTimeout: 10 * time.Second, WinnersTimeout: 10 * time.Minute,
 		TLSCA: "/run/secrets/ca.pem", TLSCert: "/run/secrets/agency.pem",
