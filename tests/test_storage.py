@@ -331,7 +331,9 @@ def test_the_fold_of_batch_lines_is_the_fold_of_their_records(monkeypatch: pytes
     assert fast.fold(data) == len(data) - len(b"batch 1 2")
     assert fast == slow
     batch_lines = sum(line.startswith(b"batch") for line in lines)
-    assert 0.9 * batch_lines < len(bulk_rows) < batch_lines  # both ways were taken
+    # Both ways were taken: runs of lines as written in bulk, the short ones (a FIN every 20
+    # lines or so cuts them) and the lines written otherwise one by one.
+    assert 0.8 * batch_lines < len(bulk_rows) < batch_lines
     for _ in range(20):  # read in pieces, as Storage._refresh reads a growing journal
         pieces, carry, position = JournalView(), b"", 0
         while position < len(data):
