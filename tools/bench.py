@@ -33,11 +33,12 @@ With --runs N it ends with the median and range of each time over the runs.
 
 With --vs CHECKOUT it compares this checkout with another checkout of the project (e.g. `git
 worktree add /tmp/base <commit>`) on the same data set: each side with its own central, agency
-binary (same build flags) and credentials, the runs alternating (--runs pairs, default 5), and
-ends with the medians, the median of the pairwise ratios this/other and a Markdown table
-(tools/bench_vs.py). With --profile DIR the central's supervisor and workers run under cProfile
-(CPU time; tools/profile_hook/) writing into DIR, and it ends with the top 25 functions by
-internal time, merged over processes and runs (per side with --vs); profiled figures are slower.
+binary (same build flags, run with the ENV its own image sets) and credentials, the runs
+alternating (--runs pairs, default 5), and ends with the medians, the median of the pairwise
+ratios this/other and a Markdown table (tools/bench_vs.py). With --profile DIR the central's
+supervisor and workers run under cProfile (CPU time; tools/profile_hook/) writing into DIR, and it
+ends with the top 25 functions by internal time, merged over processes and runs (per side with
+--vs); profiled figures are slower.
 
 With --sweep [COUNTS] it runs the same benchmark for each number of agencies in COUNTS (default
 5,10,50,100,500,1000; --bets is the total, default 1,000,000 for a sweep) and ends with a table of

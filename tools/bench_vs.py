@@ -3,8 +3,9 @@ this checkout with another one of the project (`git worktree add /tmp/base <comm
 sitting, on the same data set.
 
 Each side runs its own central (CHECKOUT/server/main.py), its own agency binary (built from
-CHECKOUT/client with the same flags as this one's: the Dockerfile's) with its own config.yaml,
-and its own credentials, issued by its own client/cmd/certs. The runs alternate, this checkout
+CHECKOUT/client with the same flags as this one's: the Dockerfile's) with its own config.yaml and
+the environment its own image sets (the ENV lines of CHECKOUT/client/Dockerfile), and its own
+credentials, issued by its own client/cmd/certs. The runs alternate, this checkout
 then the other, --runs pairs, so that a change in the machine's load falls on both sides alike;
 every run is checked as a plain run is. It prints each run's `run N: side: this|other | ...` line,
 one `median (range) of N runs, side: ...` line per side, a `ratio this/other, median of N pairs:`
