@@ -28,6 +28,15 @@ func nonZero(t Type, name string, v uint32) error {
 	return nil
 }
 
+// agencyOnly decodes a payload that is only a nonzero u32 agency (HELLO, FIN_ACK, WINNERS_QUERY).
+func agencyOnly(t Type, p []byte) (uint32, error) {
+	if err := fixed(t, p, 4); err != nil {
+		return 0, err
+	}
+	agency := binary.BigEndian.Uint32(p)
+	return agency, nonZero(t, "agency", agency)
+}
+
 // flag decodes a u8 that must be 0 or 1.
 func flag(t Type, name string, b byte) (bool, error) {
 	if b > 1 {
@@ -86,14 +95,11 @@ func DecodePayload(t Type, p []byte) (Message, error) {
 		}
 		return m, nil
 	case TypeHello:
-		if err := fixed(t, p, 4); err != nil {
+		agency, err := agencyOnly(t, p)
+		if err != nil {
 			return nil, err
 		}
-		m := Hello{Agency: be.Uint32(p)}
-		if err := nonZero(t, "agency", m.Agency); err != nil {
-			return nil, err
-		}
-		return m, nil
+		return Hello{Agency: agency}, nil
 	case TypeResume:
 		if err := fixed(t, p, 13); err != nil {
 			return nil, err
@@ -108,23 +114,17 @@ func DecodePayload(t Type, p []byte) (Message, error) {
 		}
 		return m, nil
 	case TypeFinAck:
-		if err := fixed(t, p, 4); err != nil {
+		agency, err := agencyOnly(t, p)
+		if err != nil {
 			return nil, err
 		}
-		m := FinAck{Agency: be.Uint32(p)}
-		if err := nonZero(t, "agency", m.Agency); err != nil {
-			return nil, err
-		}
-		return m, nil
+		return FinAck{Agency: agency}, nil
 	case TypeWinnersQuery:
-		if err := fixed(t, p, 4); err != nil {
+		agency, err := agencyOnly(t, p)
+		if err != nil {
 			return nil, err
 		}
-		m := WinnersQuery{Agency: be.Uint32(p)}
-		if err := nonZero(t, "agency", m.Agency); err != nil {
-			return nil, err
-		}
-		return m, nil
+		return WinnersQuery{Agency: agency}, nil
 	case TypeWinners:
 		if len(p) < WinnersHeader {
 			return nil, malformed(t, "payload is %d bytes, want at least %d", len(p), WinnersHeader)
