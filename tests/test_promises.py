@@ -1,6 +1,6 @@
 """Four promises the central keeps under faults that once broke them, each on the real server
 process (with strace, SIGSTOP and a small tmpfs as the fault injectors), plus the order of two
-syncs that nothing else pins.
+syncs and of the draw's last steps, which nothing else pins.
 
 1. Nothing waits on a frozen process: a worker stopped while it holds the append lock is killed
    after STALL_TIMEOUT and the others go on; SIGTERM ends the central within SHUTDOWN_TIMEOUT
@@ -305,6 +305,27 @@ def test_a_draw_made_but_not_announced_is_announced_once_after_a_restart(start_s
         assert (storage / "winners.csv").read_bytes() == winners  # no second draw
         assert again.log().count("action: sorteo | result: success") == (1 if restart == 0 else 0)
         assert again.stop() == 0
+
+
+def test_the_workers_hear_of_the_draw_before_its_marker_and_report(start_server, peers, tmp_path) -> None:
+    """The agencies' winners wait for the draw to be durable and nothing more: once winners.csv
+    is in place, the supervisor tells the workers before it writes the announcement's marker (a
+    file and a directory sync) and logs the report."""
+    server = start_server(agencies=1, WORKERS=1)
+    rows = file_rows(1)[:5]
+    peer = peers(server.port, agency=1)
+    batch = protocol.Bet(1, 1, len(rows), 0, bet_lines(rows))
+    peer.send(batch)
+    assert peer.recv() == protocol.Ack(1, len(rows))
+    trace = tmp_path / "draw.trace"
+    with strace(server.proc.pid, trace, "-y", "-e", "trace=sendto,openat,rename"):
+        peer.send(protocol.Fin(1, len(rows), batch.chain_after))
+        assert peer.recv() == protocol.FinAck(1)
+        server.wait_log(r"action: reporte \| result: success \| agencias: 1")
+    calls = trace.read_text().splitlines()
+    placed = first(calls, r"rename\(.*winners\.csv")
+    told = placed + first(calls[placed:], r'sendto\(.*"!"')
+    assert told < first(calls, r"openat\(.*/announced") < len(calls), calls
 
 
 # --- the order of two syncs ----------------------------------------------------------------------

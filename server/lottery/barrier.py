@@ -20,10 +20,12 @@ W``) and one total line, from the journal's per-agency state and winners.csv: st
 loading a bet.
 
 **The draw is announced once per round, even across a crash.** `action: sorteo | result: success`
-is logged once the draw's result is durable, and then the empty file ``announced`` is created and
-synced. A central that starts on a drawn round without that file (it was killed between the draw
-and the announcement) announces it then; with the file, never again. (A crash in the instant
-between the line and the marker's sync would log it twice; the other order could never log it.)
+is logged once the draw's result is durable; the supervisor then tells the workers, which answer
+the held winners queries, and only then (`after_draw`) is the empty file ``announced`` created and
+synced and the report logged: the agencies' answers do not wait for either. A central that starts
+on a drawn round without that file (it was killed between the draw and the marker) announces it
+then; with the file, never again. (A crash in the moment between the line and the marker's sync
+would log it twice; the other order could never log it.)
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class Barrier:
         self.report()
 
     def check(self, force: bool = False) -> bool:
-        """Draw if every agency has a durable FIN; True if this call drew. Raises SyncFailed."""
+        """Draw if every agency has a durable FIN; True if this call drew (and logged the
+        announcement): tell the workers, then call `after_draw`. Raises SyncFailed."""
         if self.drawn:
             if not self.announced:
                 self._mark_announced()  # the marker failed before: try again, without a second line
@@ -93,9 +96,14 @@ class Barrier:
             self.seen = None
             return False
         self.drawn = True
-        self._announce(winners, finished)
-        self.report()
+        self._log_announcement(winners, finished)
         return True
+
+    def after_draw(self) -> None:
+        """What follows the draw once the workers know: the marker that it was announced, and
+        the report."""
+        self._mark_announced()
+        self.report()
 
     def log_progress(self, now: float) -> None:
         """The barrier line, every STATUS_INTERVAL seconds from the first FIN until the draw."""
@@ -140,9 +148,13 @@ class Barrier:
         )
 
     def _announce(self, winners: int, agencies: int) -> None:
+        self._log_announcement(winners, agencies)
+        self._mark_announced()
+
+    @staticmethod
+    def _log_announcement(winners: int, agencies: int) -> None:
         log.info("action: sorteo | result: success")
         log.info("action: draw_result | result: success | winners: %d | agencies: %d", winners, agencies)
-        self._mark_announced()
 
     def _mark_announced(self) -> None:
         try:

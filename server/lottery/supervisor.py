@@ -192,7 +192,8 @@ class Supervisor:
 
     def _draw(self, barrier: Barrier, force: bool) -> None:
         if barrier.check(force):
-            self.workers.nudge_all()
+            self.workers.nudge_all()  # first: the held winners queries are answered meanwhile
+            barrier.after_draw()
 
     # --- stopping -----------------------------------------------------------------------------
 
