@@ -6,6 +6,15 @@ loop turn, so the workers share a burst. It serves up to WORKER_CONNECTIONS auth
 and stops watching the agencies' port while full: the rest wait in the kernel's backlog. Running
 out of descriptors or memory in `accept` pauses accepting for ACCEPT_PAUSE instead of spinning.
 
+**Least connections first.** Whichever worker is idle when an agency connects would take it, so
+a worker that is busy for a moment (a handshake, a sync) loses the next connections to the
+other: five agencies often split 4 to 1 over two workers, and the worker with four works alone
+at the end. So a worker that holds more connections on the agencies' port than another one (the
+shared board's loads) leaves a new connection in the backlog for up to BALANCE_WAIT, for the
+lighter worker to take. If it is still there after that (the lighter worker is busy, stopped or
+gone), the worker takes it and does not wait again for BALANCE_HOLDOFF: a stuck worker can delay
+accepting by BALANCE_WAIT at most once per BALANCE_HOLDOFF, never stop it.
+
 Connections that have not authenticated (TLS handshakes, health checks) have their own budget,
 HANDSHAKE_BUDGET, and a deadline, HANDSHAKE_TIMEOUT: when the budget is full the oldest of them is
 closed, so idle, dripping or garbage connections can never keep an agency out or take its slot.
@@ -37,6 +46,8 @@ from .connection import Connection
 log = logging.getLogger(__name__)
 
 ACCEPT_PAUSE = 0.5  # seconds without accepting after accept ran out of descriptors or memory
+BALANCE_WAIT = 0.005  # seconds a worker holding more connections than another leaves a new one to it
+BALANCE_HOLDOFF = 0.1  # seconds without such waits after one that the lighter worker did not end
 # accept errors that concern one connection that vanished: try the next one at once
 _TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
@@ -88,16 +99,21 @@ class Admission:
         self.watching: set[socket.socket] = set()
         self.paused_until = 0.0
         self.stopped = False
+        self.load = 0  # connections on the agencies' port, in their handshake or in session
+        self.waiting_until = 0.0  # leaving the agencies' port to a lighter worker until then (0: not)
+        self.balance_off_until = 0.0  # no leaving it to a lighter worker until then
+        board.set_load(index, 0)  # a new worker in the slot of a dead one holds nothing yet
 
     # --- accepting ----------------------------------------------------------------------------
 
     def update_accepting(self) -> None:
         """Watch the agencies' port while there is room for a session, the health port always;
         neither while accepting is paused or stopped."""
-        open_for_all = not self.stopped and time.monotonic() >= self.paused_until
+        now = time.monotonic()
+        open_for_all = not self.stopped and now >= self.paused_until
         room = len(self.sessions) < self.config.worker_connections
         agencies, health = self.listeners.agencies, self.listeners.health
-        if open_for_all and room:
+        if open_for_all and room and not self.waiting_until:
             self._watch(agencies, lambda mask: self.accept(agencies, health=False))
         else:
             if agencies in self.watching and not room:
@@ -154,11 +170,52 @@ class Admission:
                 self.update_accepting()
                 return None
 
+    def _leave_to_lighter(self) -> bool:
+        """Whether to leave the waiting connection to a worker that holds fewer (see the module's
+        docstring); if so, stop watching the agencies' port for BALANCE_WAIT."""
+        now = time.monotonic()
+        if now < self.balance_off_until or not self.board.lighter_worker(self.index, self.config.workers):
+            return False
+        self.waiting_until = now + BALANCE_WAIT
+        self.update_accepting()
+        return True
+
+    def wake_at(self, at: float) -> float:
+        """The time the loop must wake by: `at`, or sooner if a wait for a lighter worker ends."""
+        return min(at, self.waiting_until) if self.waiting_until else at
+
+    def end_wait(self, now: float) -> None:
+        """Once a wait for a lighter worker is over: take the connection it left, if it is still
+        there, and then wait for none for BALANCE_HOLDOFF; watch the agencies' port again."""
+        if not self.waiting_until or now < self.waiting_until:
+            return
+        self.waiting_until = 0.0
+        room = len(self.sessions) < self.config.worker_connections
+        can_accept = not self.stopped and now >= self.paused_until and room
+        if can_accept and self._take(self.listeners.agencies, health=False, waited=True):
+            self.balance_off_until = now + BALANCE_HOLDOFF
+            log.debug(
+                "action: accept | result: in_progress | worker: %d | reason: no lighter worker took the"
+                " connection within %gs; taking the next ones at once for %gs",
+                self.index,
+                BALANCE_WAIT,
+                BALANCE_HOLDOFF,
+            )
+        self.update_accepting()
+
     def accept(self, listener: socket.socket, health: bool) -> None:
-        """Accept one connection (the other workers get their turn at the next ones)."""
+        """Accept one connection (the other workers get their turn at the next ones), unless it
+        is left to a lighter worker."""
+        self._take(listener, health, waited=False)
+
+    def _take(self, listener: socket.socket, health: bool, waited: bool) -> bool:
+        """`accept`; whether a connection was accepted. `waited`: it was left to a lighter
+        worker already."""
+        if not health and not waited and self._leave_to_lighter():
+            return False
         accepted = self._accept_one(listener)
         if accepted is None:
-            return
+            return False
         sock, address = accepted
         sock.setblocking(False)
         with contextlib.suppress(OSError):  # the peer is already gone; the first read will say so
@@ -178,6 +235,8 @@ class Admission:
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = Connection(sock, peer, health)
         self.unauthenticated[conn] = None
+        if not health:
+            self._set_load(self.load + 1)
         self.loop.add(conn)
         # Health checks come every few seconds: their routine lines are DEBUG, their refusals are not.
         log.log(
@@ -188,6 +247,11 @@ class Admission:
             "health" if health else "agencies",
         )
         self.update_accepting()
+        return True
+
+    def _set_load(self, load: int) -> None:
+        self.load = load
+        self.board.set_load(self.index, load)
 
     # --- authenticating -----------------------------------------------------------------------
 
@@ -239,8 +303,11 @@ class Admission:
 
     def forget(self, conn: Connection) -> None:
         """`conn` was closed."""
-        self.unauthenticated.pop(conn, None)
-        self.sessions.discard(conn)
+        if conn in self.unauthenticated or conn in self.sessions:
+            self.unauthenticated.pop(conn, None)
+            self.sessions.discard(conn)
+            if not conn.session.health:
+                self._set_load(self.load - 1)
 
     # --- leaving ------------------------------------------------------------------------------
 

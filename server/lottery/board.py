@@ -1,7 +1,7 @@
 """The shared board: the little state the central's processes share in memory, none of it durable.
 
 One anonymous shared mapping (``mmap(-1, ...)``, MAP_SHARED), created by the supervisor before it
-forks any worker and inherited by every one, holds three tables of 64-bit words:
+forks any worker and inherited by every one, holds four tables of 64-bit words:
 
 - **Sessions.** One word per agency: the token of its newest session. A worker that authenticates
   agency N writes a token unique to that session (its pid and a counter); every older session of
@@ -12,6 +12,10 @@ forks any worker and inherited by every one, holds three tables of 64-bit words:
   session anywhere went stale, so a worker need not walk its sessions on every nudge (with 1,000
   agencies connecting, that walk was O(sessions) per nudge). A first session of an agency, the
   common case, supersedes nothing and tells nobody.
+- **Loads.** One word per worker: how many connections on the agencies' port it holds (in their
+  handshake or in session). A worker holding more than another one leaves a new connection to
+  it for a moment (admission.py), so that the agencies, and the work, spread evenly. Only the
+  worker itself writes its word; a stale word (a stopped worker) can only cost that moment.
 - **The append lock's holders.** One word per process (0 the supervisor, 1..W the workers): when
   it began waiting for the append lock, then when it got it (storage.AppendLock writes them). The
   supervisor reads them to find a process that has held the lock too long (a stopped or hung
@@ -34,7 +38,8 @@ import time
 _WORD = 8
 MAX_PROCESSES = 257  # the supervisor and up to 256 workers (config.WORKERS)
 _SUPERSESSIONS = MAX_PROCESSES  # the first word of the supersession counters
-_SESSIONS = 2 * MAX_PROCESSES  # the first word of the sessions' tokens
+_LOADS = 2 * MAX_PROCESSES  # the first word of the workers' loads
+_SESSIONS = 3 * MAX_PROCESSES  # the first word of the sessions' tokens
 
 
 def now_ms() -> int:
@@ -43,7 +48,7 @@ def now_ms() -> int:
 
 
 class Board:
-    """The shared mapping and its two tables; a process holds the same Board after fork."""
+    """The shared mapping and its tables; a process holds the same Board after fork."""
 
     def __init__(self, agencies: int) -> None:
         self.agencies = agencies
@@ -74,7 +79,18 @@ class Board:
 
     def supersessions(self) -> int:
         """How many sessions claims have made stale so far, in every process together."""
-        return sum(self._words[_SUPERSESSIONS:_SESSIONS])
+        return sum(self._words[_SUPERSESSIONS:_LOADS])
+
+    # --- loads --------------------------------------------------------------------------------
+
+    def set_load(self, worker: int, connections: int) -> None:
+        """`worker` (1..W) now holds `connections` connections on the agencies' port."""
+        self._words[_LOADS + worker] = connections
+
+    def lighter_worker(self, worker: int, workers: int) -> bool:
+        """Whether one of the other workers of 1..`workers` holds fewer connections than `worker`."""
+        loads = self._words[_LOADS + 1 : _LOADS + workers + 1]
+        return min(loads) < loads[worker - 1]
 
     # --- the append lock ----------------------------------------------------------------------
     # A process's word: 0 when it neither holds nor waits for the lock, else

@@ -75,11 +75,13 @@ class Worker:
             self.admission.update_accepting()
             next_tick = time.monotonic() + TICK
             while not self.stopping:
-                timeout = 0.0 if self.connections.ready else max(0.0, next_tick - time.monotonic())
+                wake = self.admission.wake_at(next_tick)
+                timeout = 0.0 if self.connections.ready else max(0.0, wake - time.monotonic())
                 for key, mask in self.selector.select(timeout=timeout):
                     key.data(mask)
                 self.connections.read_ready()
                 now = time.monotonic()
+                self.admission.end_wait(now)
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + TICK
