@@ -109,9 +109,7 @@ class Admission:
     def update_accepting(self) -> None:
         """Watch the agencies' port while there is room for a session, the health port always;
         neither while accepting is paused or stopped."""
-        now = time.monotonic()
-        open_for_all = not self.stopped and now >= self.paused_until
-        room = len(self.sessions) < self.config.worker_connections
+        open_for_all, room = self._open(time.monotonic()), self._room()
         agencies, health = self.listeners.agencies, self.listeners.health
         if open_for_all and room and not self.waiting_until:
             self._watch(agencies, lambda mask: self.accept(agencies, health=False))
@@ -128,6 +126,14 @@ class Admission:
             self._watch(health, lambda mask: self.accept(health, health=True))
         else:
             self._unwatch(health)
+
+    def _open(self, now: float) -> bool:
+        """Whether accepting is neither stopped nor paused."""
+        return not self.stopped and now >= self.paused_until
+
+    def _room(self) -> bool:
+        """Whether this worker has room for another session."""
+        return len(self.sessions) < self.config.worker_connections
 
     def stop(self) -> None:
         """Accept nothing more (shutdown)."""
@@ -190,9 +196,7 @@ class Admission:
         if not self.waiting_until or now < self.waiting_until:
             return
         self.waiting_until = 0.0
-        room = len(self.sessions) < self.config.worker_connections
-        can_accept = not self.stopped and now >= self.paused_until and room
-        if can_accept and self._take(self.listeners.agencies, health=False, waited=True):
+        if self._open(now) and self._room() and self._take(self.listeners.agencies, health=False, waited=True):
             self.balance_off_until = now + BALANCE_HOLDOFF
             log.debug(
                 "action: accept | result: in_progress | worker: %d | reason: no lighter worker took the"
