@@ -5,6 +5,8 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math/bits"
 	"unicode/utf8"
 )
 
@@ -60,58 +62,97 @@ func CheckPlainLine(line []byte) string {
 // search, the UTF-8 check, the comma search, the name checks) in order to name the first rule
 // a line breaks. The reader asks CheckPlainLine only about a line this refuses.
 // FuzzCheckPlainLine checks that the two agree on every line.
+//
+// The pass looks at eight bytes at a time (SWAR: one 64-bit word, the bytes it refuses and its
+// commas found with a few exact bitwise steps, no branch per byte): 16 ns a line against 52
+// for a byte-at-a-time table (BenchmarkValidPlainLine). A byte past ASCII can only be part of
+// a name (the other fields are digits and '-'), so the names alone are then checked for UTF-8
+// and C1 controls.
 func ValidPlainLine(line []byte) bool {
-	var commas [fieldCount - 1]int
-	n := 0
-	for i := 0; i < len(line); i++ {
-		switch plainClass[line[i]] {
-		case plainText:
-		case plainComma:
-			if n == len(commas) {
-				return false
+	if len(line) < 8 || len(line) > 64 {
+		return len(line) > 64 && CheckPlainLine(line) == "" && bytes.IndexByte(line, '"') < 0
+	}
+	// Each whole word, then the last eight bytes (the line's length need not be a multiple of
+	// eight): the bytes read twice only set again what they set the first time. The commas go
+	// into a bitmap of the line (bit i: byte i is a comma), so no branch depends on where they
+	// are.
+	var refused, commas, high uint64
+	for i := 0; i < len(line); i += 8 {
+		at := min(i, len(line)-8)
+		w := binary.LittleEndian.Uint64(line[at:])
+		refused |= refusedBytes(w)
+		high |= w
+		commas |= gather(zeroBytes(w^(ones*','))) << at
+	}
+	if refused != 0 {
+		return false
+	}
+	if bits.OnesCount64(commas) != fieldCount-1 {
+		return false
+	}
+	c0 := bits.TrailingZeros64(commas)
+	commas &= commas - 1
+	c1 := bits.TrailingZeros64(commas)
+	commas &= commas - 1
+	c2 := bits.TrailingZeros64(commas)
+	commas &= commas - 1
+	c3 := bits.TrailingZeros64(commas)
+	first, last := line[:c0], line[c0+1:c1]
+	if len(first) < 1 || len(first) > MaxNameBytes || len(last) < 1 || len(last) > MaxNameBytes {
+		return false
+	}
+	if high&highBits != 0 && !(plainUTF8Name(first) && plainUTF8Name(last)) {
+		return false // (past ASCII in the other fields, the checks below refuse it)
+	}
+	return plainDigits(line[c1+1:c2]) && plainDate(line[c2+1:c3]) && plainDigits(line[c3+1:])
+}
+
+// gather turns a mask with bit 7 set in some bytes into a byte with bit k set for byte k.
+func gather(m uint64) uint64 { return (m >> 7) * 0x0102040810204080 >> 56 }
+
+// Word-at-a-time masks for ValidPlainLine: each function sets bit 7 of exactly those bytes of
+// a little-endian word that have the property, and no other bit (no carry crosses a byte: each
+// byte's low seven bits plus at most 0x7F stay under 0x100).
+const (
+	ones     = 0x0101010101010101
+	highBits = 0x8080808080808080
+	low7Bits = 0x7F7F7F7F7F7F7F7F
+)
+
+// zeroBytes marks the bytes of w that are 0.
+func zeroBytes(w uint64) uint64 { return ^((w&low7Bits + low7Bits) | w | low7Bits) }
+
+// refusedBytes marks the bytes of w a plain line may not hold: an ASCII control character
+// (under 0x20), DEL, or '"'.
+func refusedBytes(w uint64) uint64 {
+	controls := ^((w&low7Bits + ones*(0x80-0x20)) | w | low7Bits)
+	return controls | zeroBytes(w^(ones*0x7F)) | zeroBytes(w^(ones*'"'))
+}
+
+// plainUTF8Name reports whether a name's bytes are valid UTF-8 without a C1 control
+// (U+0080..U+009F). A letter of the Latin-1 range, the common case, is two bytes checked here;
+// any other sequence goes to utf8.DecodeRune.
+func plainUTF8Name(v []byte) bool {
+	for i := 0; i < len(v); {
+		c := v[i]
+		switch {
+		case c < utf8.RuneSelf:
+			i++
+		case c >= 0xC2 && c <= 0xDF && i+1 < len(v) && v[i+1]&0xC0 == 0x80:
+			if c == 0xC2 && v[i+1] < 0xA0 {
+				return false // U+0080..U+009F
 			}
-			commas[n] = i
-			n++
-		case plainMultiByte: // a name's letter past ASCII: valid UTF-8, and not a C1 control
-			r, size := utf8.DecodeRune(line[i:])
+			i += 2
+		default:
+			r, size := utf8.DecodeRune(v[i:])
 			if size == 1 || r < 0xA0 {
 				return false
 			}
-			i += size - 1
-		default: // a control character, DEL, or a quote (the reader's encoding/csv path)
-			return false
+			i += size
 		}
 	}
-	if n != len(commas) {
-		return false
-	}
-	first, last := commas[0], commas[1]-commas[0]-1 // the names' lengths in bytes
-	return first >= 1 && first <= MaxNameBytes && last >= 1 && last <= MaxNameBytes &&
-		plainDigits(line[commas[1]+1:commas[2]]) && validDate(line[commas[2]+1:commas[3]]) &&
-		plainDigits(line[commas[3]+1:])
+	return true
 }
-
-// The classes of a byte for ValidPlainLine.
-const (
-	plainRefused   = iota // a control character, DEL or '"'
-	plainText             // any other ASCII byte but ','
-	plainComma            // ','
-	plainMultiByte        // part of a character past ASCII
-)
-
-var plainClass = func() (class [256]uint8) {
-	for c := range class {
-		switch {
-		case c >= 0x80:
-			class[c] = plainMultiByte
-		case c == ',':
-			class[c] = plainComma
-		case c >= 0x20 && c != 0x7F && c != '"':
-			class[c] = plainText
-		}
-	}
-	return class
-}()
 
 // plainName is validName for []byte, without the generic dictionary: it is the hot loop.
 func plainName(v []byte) bool {
@@ -125,6 +166,33 @@ func plainName(v []byte) bool {
 	}
 	return true
 }
+
+// plainDate is validDate for ValidPlainLine: the first eight bytes, "YYYY-MM-", checked as one
+// word, and the month's length from a table instead of a switch on it (a random month is a
+// branch the processor cannot guess). FuzzCheckPlainLine holds it to validDate.
+func plainDate(v []byte) bool {
+	if len(v) != 10 || v[8]-'0' > 9 || v[9]-'0' > 9 {
+		return false
+	}
+	// Little-endian, so the first byte is the word's lowest: digits at bytes 0 to 3, 5 and 6,
+	// '-' at 4 and 7. A digit is 0x30 to 0x39: its high nibble is 3 before and after adding 6.
+	const digits, dashes = 0x00F0F000F0F0F0F0, 0xFF0000FF00000000
+	w := binary.LittleEndian.Uint64(v)
+	if w&digits != 0x0030300030303030 || (w+0x0006060006060606)&digits != 0x0030300030303030 ||
+		w&dashes != 0x2D00002D00000000 {
+		return false
+	}
+	y := int(v[0]-'0')*1000 + int(v[1]-'0')*100 + int(v[2]-'0')*10 + int(v[3]-'0')
+	m := int(v[5]-'0')*10 + int(v[6]-'0')
+	d := int(v[8]-'0')*10 + int(v[9]-'0')
+	if y < 1 || m < 1 || m > 12 || d < 1 || d > monthDays[m] {
+		return false
+	}
+	return d != 29 || m != 2 || y%4 == 0 && (y%100 != 0 || y%400 == 0)
+}
+
+// monthDays is the longest length of each month (February's in a leap year).
+var monthDays = [13]int{0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
 
 // plainDigits is validDigits for []byte.
 func plainDigits(v []byte) bool {

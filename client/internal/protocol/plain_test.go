@@ -81,6 +81,44 @@ func TestCheckPlainLineVectors(t *testing.T) {
 	}
 }
 
+// TestValidPlainLineEveryPlace: ValidPlainLine reads eight bytes at a time, the last eight
+// again, and hands lines past 64 bytes to CheckPlainLine; so on valid lines of every length
+// from 17 to 80 bytes, each byte that matters to a rule is put at every place in turn (and a
+// two-byte letter, a C1 control and a broken sequence astride every place), and the paths
+// must agree on each line.
+func TestValidPlainLineEveryPlace(t *testing.T) {
+	specials := []string{",", "\"", "\x00", "\x1f", " ", "\x7f", "\x80", "\xc2", "\xff", "é", "\u0085", "\u009f", "\u00a0",
+		"\xe2\x82", "€", "\U0001F600", "-", "0", "9", "a"}
+	checked := 0
+	for length := 17; length <= 80; length++ {
+		// "a...,b,1,1990-01-01,1" with the first name long enough for the length
+		base := strings.Repeat("a", length-17) + ",b,1,1990-01-01,1"
+		if length == 17 {
+			base = "a,b,1,990-01-01,1" // too short a date: refused, 17 bytes
+		}
+		if len(base) != length {
+			t.Fatalf("base %q is %d bytes, want %d", base, len(base), length)
+		}
+		plainAgrees(t, []byte(base))
+		for place := range length {
+			for _, special := range specials {
+				line := base[:place] + special + base[min(place+len(special), length):]
+				if strings.Contains(line, "\"") {
+					if ValidPlainLine([]byte(line)) {
+						t.Fatalf("%q: ValidPlainLine takes a line with a quote", line)
+					}
+					continue
+				}
+				plainAgrees(t, []byte(line))
+				checked++
+			}
+		}
+	}
+	if checked < 40_000 {
+		t.Fatalf("only %d lines checked", checked)
+	}
+}
+
 // TestCheckPlainLineRandom compares the two paths on random lines built from pieces near
 // every rule's edges, on every run (FuzzCheckPlainLine explores further when fuzzing).
 func TestCheckPlainLineRandom(t *testing.T) {
