@@ -1,4 +1,4 @@
-"""Connections spread over the workers (admission.py's least connections first, on the shared
+"""Connections spread over the workers (accepting.py's least connections first, on the shared
 board's loads): a worker holding more connections than another leaves a new one to it, and a
 stopped worker can delay accepting, never stop it. On the real server, with real TLS agencies."""
 

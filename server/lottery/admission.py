@@ -1,19 +1,6 @@
-"""Admission: who gets in, and who must leave (accepting, the handshake budget and deadline, the
-TLS handshake, the agency's identity, one live session per agency).
-
-Each worker accepts on the listening sockets it inherited (gunicorn's model), one connection per
-loop turn, so the workers share a burst. It serves up to WORKER_CONNECTIONS authenticated sessions
-and stops watching the agencies' port while full: the rest wait in the kernel's backlog. Running
-out of descriptors or memory in `accept` pauses accepting for ACCEPT_PAUSE instead of spinning.
-
-**Least connections first.** Whichever worker is idle when an agency connects would take it, so
-a worker that is busy for a moment (a handshake, a sync) loses the next connections to the
-other: five agencies often split 4 to 1 over two workers, and the worker with four works alone
-at the end. So a worker that holds more connections on the agencies' port than another one (the
-shared board's loads) leaves a new connection in the backlog for up to BALANCE_WAIT, for the
-lighter worker to take. If it is still there after that (the lighter worker is busy, stopped or
-gone), the worker takes it and does not wait again for BALANCE_HOLDOFF: a stuck worker can delay
-accepting by BALANCE_WAIT at most once per BALANCE_HOLDOFF, never stop it.
+"""Admission: who gets in, and who must leave (the handshake budget and deadline, the TLS
+handshake, the agency's identity, one live session per agency). When a worker accepts, and which
+worker does, is accepting.py's; each accepted connection comes here (`admit`).
 
 Connections that have not authenticated (TLS handshakes, health checks) have their own budget,
 HANDSHAKE_BUDGET, and a deadline, HANDSHAKE_TIMEOUT: when the budget is full the oldest of them is
@@ -28,28 +15,21 @@ agency on the shared board, and every older session of the agency, in whichever 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import selectors
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 from . import transport
+from .accepting import Accepting, Selector
 from .board import Board
 from .channel import Listeners
 from .config import ServerConfig
 from .connection import Connection
 
 log = logging.getLogger(__name__)
-
-ACCEPT_PAUSE = 0.5  # seconds without accepting after accept ran out of descriptors or memory
-BALANCE_WAIT = 0.005  # seconds a worker holding more connections than another leaves a new one to it
-BALANCE_HOLDOFF = 0.1  # seconds without such waits after one that the lighter worker did not end
-# accept errors that concern one connection that vanished: try the next one at once
-_TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
 # Readable names for the TLS errors an unwelcome peer causes most often.
 _TLS_REASONS = {
@@ -72,11 +52,9 @@ def tls_failure(err: Exception) -> str:
     return f"connection error: {getattr(err, 'strerror', None) or err}"
 
 
-class Loop(Protocol):
-    """What admission asks of the worker's loop."""
+class Loop(Selector, Protocol):
+    """What admission, and its accepting, ask of the worker's loop."""
 
-    def watch(self, listener: socket.socket, callback: Callable[[int], None]) -> None: ...
-    def unwatch(self, listener: socket.socket) -> None: ...
     def add(self, conn: Connection) -> None: ...
     def set_events(self, conn: Connection, events: int) -> None: ...
     def close(self, conn: Connection, reason: str) -> None: ...
@@ -88,7 +66,6 @@ class Admission:
         self, index: int, listeners: Listeners, config: ServerConfig, tls: ssl.SSLContext, board: Board, loop: Loop
     ) -> None:
         self.index = index
-        self.listeners = listeners
         self.config = config
         self.tls = tls
         self.board = board
@@ -96,131 +73,18 @@ class Admission:
         self.unauthenticated: dict[Connection, None] = {}  # oldest first: handshakes, health checks
         self.sessions: set[Connection] = set()  # authenticated, open
         self.supersessions = 0  # the board's count when the sessions were last walked
-        self.watching: set[socket.socket] = set()
-        self.paused_until = 0.0
-        self.stopped = False
-        self.load = 0  # connections on the agencies' port, in their handshake or in session
-        self.waiting_until = 0.0  # leaving the agencies' port to a lighter worker until then (0: not)
-        self.balance_off_until = 0.0  # no leaving it to a lighter worker until then
-        board.set_load(index, 0)  # a new worker in the slot of a dead one holds nothing yet
-
-    # --- accepting ----------------------------------------------------------------------------
+        self.accepting = Accepting(index, listeners, config, board, loop, self.admit, lambda: len(self.sessions))
 
     def update_accepting(self) -> None:
-        """Watch the agencies' port while there is room for a session, the health port always;
-        neither while accepting is paused or stopped."""
-        open_for_all, room = self._open(time.monotonic()), self._room()
-        agencies, health = self.listeners.agencies, self.listeners.health
-        if open_for_all and room and not self.waiting_until:
-            self._watch(agencies, lambda mask: self.accept(agencies, health=False))
-        else:
-            if agencies in self.watching and not room:
-                log.warning(
-                    "action: accept | result: in_progress | worker: %d | connections: %d"
-                    " | reason: every connection slot is taken, new connections wait in the backlog",
-                    self.index,
-                    len(self.sessions),
-                )
-            self._unwatch(agencies)
-        if open_for_all:
-            self._watch(health, lambda mask: self.accept(health, health=True))
-        else:
-            self._unwatch(health)
+        """Accept while there is room for a session (accepting.py); called as sessions come and go."""
+        self.accepting.update()
 
-    def _open(self, now: float) -> bool:
-        """Whether accepting is neither stopped nor paused."""
-        return not self.stopped and now >= self.paused_until
+    # --- admitting ----------------------------------------------------------------------------
 
-    def _room(self) -> bool:
-        """Whether this worker has room for another session."""
-        return len(self.sessions) < self.config.worker_connections
-
-    def stop(self) -> None:
-        """Accept nothing more (shutdown)."""
-        self.stopped = True
-        for listener in list(self.watching):
-            self._unwatch(listener)
-
-    def _watch(self, listener: socket.socket, callback: Callable[[int], None]) -> None:
-        if listener not in self.watching:
-            self.loop.watch(listener, callback)
-            self.watching.add(listener)
-
-    def _unwatch(self, listener: socket.socket) -> None:
-        if listener in self.watching:
-            self.loop.unwatch(listener)
-            self.watching.discard(listener)
-
-    def _accept_one(self, listener: socket.socket) -> tuple[socket.socket, tuple[str, int]] | None:
-        """`accept`, skipping connections that vanished; None if there is none (or accepting ran
-        out of descriptors or memory, and is paused)."""
-        while True:
-            try:
-                sock, address = listener.accept()
-                return sock, address
-            except (BlockingIOError, InterruptedError):
-                return None
-            except OSError as err:
-                if err.errno in _TRANSIENT_ACCEPT:
-                    log.info("action: accept | result: fail | worker: %d | error: %s", self.index, err)
-                    continue
-                # Out of descriptors or memory: the listener stays readable, so back off instead
-                # of spinning; connections wait in the backlog meanwhile.
-                log.error(
-                    "action: accept | result: fail | worker: %d | error: %s | reason: pausing accept for %gs",
-                    self.index,
-                    err,
-                    ACCEPT_PAUSE,
-                )
-                self.paused_until = time.monotonic() + ACCEPT_PAUSE
-                self.update_accepting()
-                return None
-
-    def _leave_to_lighter(self) -> bool:
-        """Whether to leave the waiting connection to a worker that holds fewer (see the module's
-        docstring); if so, stop watching the agencies' port for BALANCE_WAIT."""
-        now = time.monotonic()
-        if now < self.balance_off_until or not self.board.lighter_worker(self.index, self.config.workers):
-            return False
-        self.waiting_until = now + BALANCE_WAIT
-        self.update_accepting()
-        return True
-
-    def wake_at(self, at: float) -> float:
-        """The time the loop must wake by: `at`, or sooner if a wait for a lighter worker ends."""
-        return min(at, self.waiting_until) if self.waiting_until else at
-
-    def end_wait(self, now: float) -> None:
-        """Once a wait for a lighter worker is over: take the connection it left, if it is still
-        there, and then wait for none for BALANCE_HOLDOFF; watch the agencies' port again."""
-        if not self.waiting_until or now < self.waiting_until:
-            return
-        self.waiting_until = 0.0
-        if self._open(now) and self._room() and self._take(self.listeners.agencies, health=False, waited=True):
-            self.balance_off_until = now + BALANCE_HOLDOFF
-            log.debug(
-                "action: accept | result: in_progress | worker: %d | reason: no lighter worker took the"
-                " connection within %gs; taking the next ones at once for %gs",
-                self.index,
-                BALANCE_WAIT,
-                BALANCE_HOLDOFF,
-            )
-        self.update_accepting()
-
-    def accept(self, listener: socket.socket, health: bool) -> None:
-        """Accept one connection (the other workers get their turn at the next ones), unless it
-        is left to a lighter worker."""
-        self._take(listener, health, waited=False)
-
-    def _take(self, listener: socket.socket, health: bool, waited: bool) -> bool:
-        """`accept`; whether a connection was accepted. `waited`: it was left to a lighter
-        worker already."""
-        if not health and not waited and self._leave_to_lighter():
-            return False
-        accepted = self._accept_one(listener)
-        if accepted is None:
-            return False
-        sock, address = accepted
+    def admit(self, sock: socket.socket, address: tuple[str, int], health: bool) -> None:
+        """A connection just accepted: make room for it in the handshake budget (closing the
+        oldest connection that has not authenticated), wrap it in TLS on the agencies' port, and
+        watch it."""
         sock.setblocking(False)
         with contextlib.suppress(OSError):  # the peer is already gone; the first read will say so
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -239,8 +103,6 @@ class Admission:
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = Connection(sock, peer, health)
         self.unauthenticated[conn] = None
-        if not health:
-            self._set_load(self.load + 1)
         self.loop.add(conn)
         # Health checks come every few seconds: their routine lines are DEBUG, their refusals are not.
         log.log(
@@ -250,12 +112,6 @@ class Admission:
             self.index,
             "health" if health else "agencies",
         )
-        self.update_accepting()
-        return True
-
-    def _set_load(self, load: int) -> None:
-        self.load = load
-        self.board.set_load(self.index, load)
 
     # --- authenticating -----------------------------------------------------------------------
 
@@ -311,7 +167,7 @@ class Admission:
             self.unauthenticated.pop(conn, None)
             self.sessions.discard(conn)
             if not conn.session.health:
-                self._set_load(self.load - 1)
+                self.accepting.released()
 
     # --- leaving ------------------------------------------------------------------------------
 

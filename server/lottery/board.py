@@ -14,7 +14,7 @@ forks any worker and inherited by every one, holds four tables of 64-bit words:
   common case, supersedes nothing and tells nobody.
 - **Loads.** One word per worker: how many connections on the agencies' port it holds (in their
   handshake or in session). A worker holding more than another one leaves a new connection to
-  it for a moment (admission.py), so that the agencies, and the work, spread evenly. Only the
+  it for a moment (accepting.py), so that the agencies, and the work, spread evenly. Only the
   worker itself writes its word; a stale word (a stopped worker) can only cost that moment.
 - **The append lock's holders.** One word per process (0 the supervisor, 1..W the workers): when
   it began waiting for the append lock, then when it got it (storage.AppendLock writes them). The

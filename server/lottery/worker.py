@@ -3,7 +3,7 @@ tick and its life cycle; everything else it delegates).
 
 Each selector key carries the callback that handles its events: the wake-up pipe (signals), the
 channel to the supervisor (nudges: look at the draw and the sessions again), the listening
-sockets (admission.py accepts), and each connection (connections.py reads and flushes it,
+sockets (accepting.py accepts), and each connection (connections.py reads and flushes it,
 admission.py runs its TLS handshake, handler.py handles its messages). Batches wait for the end
 of the loop turn, when the group commit (commit.py) stores them all with one append and one
 sync; then every connection with output is flushed.
@@ -75,13 +75,13 @@ class Worker:
             self.admission.update_accepting()
             next_tick = time.monotonic() + TICK
             while not self.stopping:
-                wake = self.admission.wake_at(next_tick)
+                wake = self.admission.accepting.wake_at(next_tick)
                 timeout = 0.0 if self.connections.ready else max(0.0, wake - time.monotonic())
                 for key, mask in self.selector.select(timeout=timeout):
                     key.data(mask)
                 self.connections.read_ready()
                 now = time.monotonic()
-                self.admission.end_wait(now)
+                self.admission.accepting.end_wait(now)
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + TICK
@@ -133,7 +133,7 @@ class Worker:
         """Finish this turn's batches, tell every peer we are leaving, close everything."""
         self.commit.run()
         self.connections.stopping = True
-        self.admission.stop()
+        self.admission.accepting.stop()
         self.listeners.close()
         for conn in self.connections.all():
             if conn.session.held is not None:
