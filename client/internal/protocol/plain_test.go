@@ -8,6 +8,7 @@ package protocol
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -116,6 +117,47 @@ func TestValidPlainLineEveryPlace(t *testing.T) {
 	}
 	if checked < 40_000 {
 		t.Fatalf("only %d lines checked", checked)
+	}
+}
+
+// TestPlainDateIsValidDate: the word-at-a-time date check says what validDate says, on every
+// day of years at the calendar's edges (0000 to 0004, the centuries and their leap years,
+// 9996 to 9999), every month 00 to 13, every day 00 to 32, and with each byte of a date
+// replaced by each byte that could fool a digit or a dash check.
+func TestPlainDateIsValidDate(t *testing.T) {
+	years := []int{0, 1, 2, 3, 4, 99, 100, 399, 400, 1896, 1899, 1900, 1904, 1999, 2000, 2024, 2100, 2400, 9996, 9999}
+	checked := 0
+	for _, y := range years {
+		for m := 0; m <= 13; m++ {
+			for d := 0; d <= 32; d++ {
+				date := []byte(fmt.Sprintf("%04d-%02d-%02d", y, m, d))
+				if plainDate(date) != validDate(date) {
+					t.Fatalf("%s: plainDate %v, validDate %v", date, plainDate(date), validDate(date))
+				}
+				checked++
+			}
+		}
+	}
+	fooling := []byte{'/', ':', '-', '0', '9', ' ', 0x00, 0x2F, 0x3A, 0x6D, 0xB0, 0xB9, 0xFF}
+	for _, base := range []string{"2000-02-29", "1999-12-31", "2023-04-30"} {
+		for place := range len(base) {
+			for _, c := range fooling {
+				date := []byte(base)
+				date[place] = c
+				if plainDate(date) != validDate(date) {
+					t.Fatalf("%q: plainDate %v, validDate %v", date, plainDate(date), validDate(date))
+				}
+				checked++
+			}
+		}
+	}
+	for _, date := range []string{"", "2000-01-0", "2000-01-011", "20000-01-01"} {
+		if plainDate([]byte(date)) || validDate([]byte(date)) {
+			t.Fatalf("%q: taken", date)
+		}
+	}
+	if checked < 9000 {
+		t.Fatalf("only %d dates checked", checked)
 	}
 }
 
