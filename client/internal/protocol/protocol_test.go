@@ -20,6 +20,7 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 type vectorFields struct {
@@ -686,6 +687,25 @@ func TestAppendBetLineAgreesWithTheWireRules(t *testing.T) {
 		}
 		if got == "" && string(line) != string(encoded)+"\n" {
 			t.Fatalf("%q: line %q, want %q", fields, line, encoded)
+		}
+	}
+}
+
+// TestDaysInIsTheCalendars: the month lengths the date rules use are the proleptic Gregorian
+// calendar's, as package time computes them, for every month of years from 1 to 9999 (each
+// century, each leap year around them, and more).
+func TestDaysInIsTheCalendars(t *testing.T) {
+	for y := 1; y <= 9999; y += 3 {
+		for m := 1; m <= 12; m++ {
+			want := time.Date(y, time.Month(m)+1, 0, 0, 0, 0, 0, time.UTC).Day()
+			if got := daysIn(y, m); got != want {
+				t.Fatalf("%04d-%02d: daysIn says %d, the calendar %d", y, m, got, want)
+			}
+		}
+	}
+	for _, y := range []int{1600, 1700, 1800, 1900, 2000, 2100, 2400, 9600, 9900} {
+		if got, want := daysIn(y, 2), time.Date(y, 3, 0, 0, 0, 0, 0, time.UTC).Day(); got != want {
+			t.Fatalf("%04d-02: daysIn says %d, the calendar %d", y, got, want)
 		}
 	}
 }
