@@ -83,3 +83,49 @@ def test_a_sides_agencies_run_with_what_its_image_sets(tmp_path) -> None:  # typ
     with pytest.raises(BenchError, match="KEY=VALUE"):
         dockerfile_env(dockerfile)
     assert dockerfile_env(ROOT / "client" / "Dockerfile") == {"GOMAXPROCS": "1"}
+
+
+def test_a_floor_run_follows_each_run_and_is_set_against_it() -> None:
+    """--floor: after each checked run, as many bare agencies against a bare central, each exiting 0
+    only once its handshake was verified and its byte echoed; then their medians and the ratios."""
+    result = subprocess.run([sys.executable, "tools/bench.py", "--agencies", "3", "--bets", "3000", "--floor",
+                             "--runs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = re.findall(r"^(run|floor) (\d): (?:bets: 3000 \| )?agencies: 3 \| wall_seconds: ([0-9.]+) ", result.stdout,
+                       re.MULTILINE)
+    assert [(kind, run) for kind, run, _ in lines] == [("run", "1"), ("floor", "1"), ("run", "2"), ("floor", "2")], \
+        result.stdout
+    assert all(float(wall) > 0 for _, _, wall in lines)
+    ratios = dict(re.findall(r"(\w+): ([0-9.]+)", re.search(r"^ratio floor/this, median of 2 runs: (.*)$",
+                                                             result.stdout, re.MULTILINE).group(1)))
+    assert set(ratios) == {"wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds"}
+    assert all(float(value) > 0 for value in ratios.values())
+
+
+def test_the_bare_central_checks_identity_as_the_central_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A floor that skipped the central's identity check would be below the real floor: the bare
+    central of a round of one agency echoes agency-1 and refuses agency-2, whose certificate the
+    same CA signed."""
+    from bench_floor import READY, build_floor
+    from bench_launch import Launch, spawn_all, wait_all
+    from bench_run import build_side
+    from processes import free_port
+
+    bare = build_floor(build_side("this", ROOT, tmp_path, 2))
+    port = free_port()
+    central = subprocess.Popen([sys.executable, "tools/bench_floor.py", "--port", str(port), "--workers", "1",
+                                "--agencies", "1", "--secrets", str(bare.secrets), "--server-dir",
+                                str(bare.server_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert central.stdout is not None and central.stdout.readline().strip() == READY
+        env = {"CLI_SERVER_ADDRESS": f"127.0.0.1:{port}", "CLI_TLS_CA": str(bare.secrets / "ca.pem"),
+               "CLI_TLS_SERVERNAME": "localhost", **bare.image_env}
+        launches = [Launch([str(bare.binary)], {**env, "CLI_TLS_CERT": str(bare.secrets / f"agency-{a}.pem"),
+                                                "CLI_TLS_KEY": str(bare.secrets / f"agency-{a}-key.pem")},
+                           tmp_path / f"bare-{a}.log") for a in (1, 2)]
+        exits = wait_all(spawn_all(launches), 60)
+    finally:
+        central.terminate()
+        central.wait(10)
+    assert exits.codes == [0, 1], [launch.log.read_text() for launch in launches]
+    assert launches[1].log.read_text().startswith("floor: ")

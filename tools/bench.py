@@ -8,6 +8,7 @@ line of tools/bench.py; a run is in bench_run.py, the side-by-side in bench_vs.p
     python tools/bench.py --restart-batches 3000000        # restart over 3,000,000 one-bet batches
     python tools/bench.py --sweep                          # 5 to 1,000 agencies, 1,000,000 bets: a table
     python tools/bench.py --profile /tmp/prof              # and the central's top 25 functions by CPU time
+    python tools/bench.py --agencies 1000 --bets 1000000 --floor  # and the floor under the per-agency cost
 
 It generates a data set with tools/gen_data.py into a temporary directory, builds the agency
 binary as client/Dockerfile does (CGO_ENABLED=0 go build -mod=vendor -trimpath -ldflags='-s -w':
@@ -45,6 +46,12 @@ With --sweep [COUNTS] it runs the same benchmark for each number of agencies in 
 bets per second, server CPU and peak memory per count, then the same figures as a Mermaid
 `xychart-beta` block (bets per second against agencies) to paste into docs/benchmarks.md.
 
+With --floor each run is followed by a floor run (tools/bench_floor.py): as many bare agencies
+(client/cmd/floor) against a bare central, each only starting, reading its credentials and making
+the mutual TLS 1.3 handshake, to measure what the design costs per agency whatever the code does.
+It prints a `floor N:` line per run and ends with their medians and the median of the ratios
+floor/this (with --vs, floor/other: the floor against the code compared with).
+
 With --restart-batches N it measures a restart instead: N bets sent as N one-bet batches by
 --agencies agencies (batch.maxAmount 1; the journal is checkpointed as it grows), then the
 central is killed (SIGKILL, supervisor and workers) and started again on the same storage. It
@@ -63,9 +70,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_floor import build_floor, run_floor
 from bench_profile import report
 from bench_run import ROOT, BenchError, Figures, build_side, measure_restart, prepare, run_once
-from bench_vs import compare, spread
+from bench_vs import compare, floor_summary, spread
 
 SWEEP = "5,10,50,100,500,1000"
 SWEEP_BETS = 1_000_000
@@ -91,6 +99,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compare with another checkout of the project, runs alternating, and print a table")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="profile the central's processes (cProfile, CPU time) into DIR; print the top functions")
+    parser.add_argument("--floor", action="store_true",
+                        help="follow each run with a floor run: bare agencies and central, handshakes only")
     parser.add_argument("--pss-interval", type=float, default=PSS_INTERVAL, metavar="SECONDS",
                         help=f"sample the central's Pss every SECONDS during a run (default {PSS_INTERVAL}; "
                              "0: only at the launch and at the end)")
@@ -101,6 +111,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.vs = args.vs.resolve()
         if not (args.vs / "server" / "main.py").is_file() or not (args.vs / "client" / "go.mod").is_file():
             parser.error(f"--vs {args.vs}: not a checkout of the project (no server/main.py or client/go.mod)")
+    if args.floor and (args.sweep is not None or args.restart_batches):
+        parser.error("--floor goes with plain runs and --vs, not with --sweep or --restart-batches")
     if args.profile is not None and args.restart_batches:
         parser.error("--profile does not go with --restart-batches (a killed central writes no profile)")
     if args.runs is None:
@@ -155,10 +167,16 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         for run in range(1, args.runs + 1):
             measure_restart(args, side, work / "storage-1", run)
         return
-    results = [run_once(args, side, data, expected, run, profile=profile_dir(args, f"run-{run}"))
-               for run in range(1, args.runs + 1)]
+    bare = build_floor(side) if args.floor else None
+    results, floors = [], []
+    for run in range(1, args.runs + 1):
+        results.append(run_once(args, side, data, expected, run, profile=profile_dir(args, f"run-{run}")))
+        if bare is not None:
+            floors.append(run_floor(args, bare, run))
     if args.runs > 1:
         print(f"median (range) of {args.runs} runs: " + summary(results))
+    if floors:
+        print(floor_summary(list(zip(floors, results, strict=True)), "this"))
     if args.profile is not None:
         print(report(args.profile, str(ROOT)))
 

@@ -11,7 +11,9 @@ every run is checked as a plain run is. It prints each run's `run N: side: this|
 one `median (range) of N runs, side: ...` line per side, a `ratio this/other, median of N pairs:`
 line, then the comparison as a Markdown table to paste into docs/benchmarks.md: per side the
 median and range of each figure, and the median over the pairs of the ratio this/other (below 1:
-this checkout is faster or smaller).
+this checkout is faster or smaller). With --floor a floor run (tools/bench_floor.py) follows each
+pair, and it also prints the floor runs' medians and the median of the ratios floor/other: the
+floor under the per-agency cost, set against the code compared with.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_floor import build_floor, run_floor
 from bench_profile import report
 from bench_run import ROOT, Figures, Side, build_side, prepare, run_once
 
@@ -67,6 +70,22 @@ def ratio(pairs: list[tuple[Figures, Figures]], figure: Figure) -> float:
     return statistics.median(ratios)
 
 
+FLOOR_FIGURES = [("wall_seconds", lambda f: f.wall), ("server_cpu_seconds", lambda f: f.server_cpu),
+                 ("agencies_cpu_seconds", lambda f: f.agencies_cpu)]
+
+
+def floor_summary(runs: list[tuple[Figures, Figures]], against: str) -> str:
+    """Two lines: the floor runs' medians (ranges), and the median over the runs of the floor's
+    figure over the real run's (`against`: this, or the other checkout with --vs) beside it."""
+    medians = " | ".join(f"{key}: {spread([value(r[0]) for r in runs], 3)}" for key, value in FLOOR_FIGURES)
+    ratios = []
+    for key, value in FLOOR_FIGURES:
+        each = [value(floor) / value(real) if value(real) else float("inf") for floor, real in runs]
+        ratios.append(f"{key}: {statistics.median(each):.3f}")
+    return (f"median (range) of {len(runs)} floor runs: {medians}\n"
+            f"ratio floor/{against}, median of {len(runs)} runs: {' | '.join(ratios)}")
+
+
 def table(args: argparse.Namespace, sides: tuple[Side, Side], pairs: list[tuple[Figures, Figures]]) -> str:
     """The comparison as Markdown: a heading line, then one row per figure."""
     this, other = sides
@@ -89,12 +108,15 @@ def compare(args: argparse.Namespace, work: Path) -> None:
     sides = (build_side("this", ROOT, work / "this", args.agencies),
              build_side("other", args.vs, work / "other", args.agencies))
     print(f"vs: this: {ROOT} ({sides[0].label}) | other: {args.vs} ({sides[1].label})", flush=True)
-    pairs = []
+    bare = build_floor(sides[0]) if args.floor else None
+    pairs, floors = [], []
     for run in range(1, args.runs + 1):
         results = [run_once(args, side, data, expected, run, tag=f"side: {side.name} | ",
                             profile=None if args.profile is None else args.profile / side.name / f"run-{run}")
                    for side in sides]
         pairs.append((results[0], results[1]))
+        if bare is not None:
+            floors.append(run_floor(args, bare, run))
     rows = figures(args.bets)
     for index, side in enumerate(sides):
         values = " | ".join(f"{figure.key}: {spread([figure.value(p[index]) for p in pairs], figure.decimals)}"
@@ -102,6 +124,8 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         print(f"median (range) of {args.runs} runs, side: {side.name}: {values}")
     print(f"ratio this/other, median of {args.runs} pairs: "
           + " | ".join(f"{figure.key}: {ratio(pairs, figure):.3f}" for figure in rows))
+    if floors:
+        print(floor_summary([(floor, pair[1]) for floor, pair in zip(floors, pairs, strict=True)], "other"))
     print()
     print(table(args, sides, pairs))
     if args.profile is not None:
