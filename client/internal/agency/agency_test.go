@@ -184,6 +184,37 @@ func TestPipelineWindow(t *testing.T) {
 	}
 }
 
+// TestFinFollowsTheLastBatch: once every bet is in a batch in flight, the FIN goes out behind the
+// last one without waiting for their ACKs, announcing every bet and its chain; the central
+// (here one that answers no batch before the FIN arrives) records it with them and answers it
+// after their ACKs. The last batch is cut at the end of the file or, at a full batch, found to
+// be the last by the next read.
+func TestFinFollowsTheLastBatch(t *testing.T) {
+	for _, rows := range []int{25, 30, 1} {
+		t.Run(fmt.Sprint(rows), func(t *testing.T) {
+			srv := newFakeServer(t)
+			srv.acksAfterFin = true
+			srv.start()
+			path, want := csvFile(t, rows)
+			_, log, err := runAgency(t, context.Background(), srv.config(path)) // 10 bets a batch, window 4
+			if err != nil {
+				t.Fatalf("Run: %v\n%s", err, log)
+			}
+			if f := srv.recordedFin(); f == nil || f.Bets != uint32(rows) || f.Chain != protocol.Chain(0, want) {
+				t.Fatalf("FIN %+v, want %d bets with chain %08x", f, rows, protocol.Chain(0, want))
+			}
+			types := srv.connTypes(1)
+			batches := (rows + 9) / 10
+			if len(types) != batches+3 || types[batches+1] != protocol.TypeFin || srv.connCount() != 1 {
+				t.Fatalf("messages %v on %d connections, want HELLO, %d BETs, FIN, WINNERS_QUERY on one", types, srv.connCount(), batches)
+			}
+			if !strings.Contains(log, fmt.Sprintf("INFO action: fin | result: success | batches: %d\n", batches)) {
+				t.Fatalf("no fin line:\n%s", log)
+			}
+		})
+	}
+}
+
 // TestFinishedGoesStraightToWinners starts an agency whose FIN is already recorded: it checks
 // the file and asks for its winners, sending no bet and no FIN.
 func TestFinishedGoesStraightToWinners(t *testing.T) {

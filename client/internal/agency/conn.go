@@ -134,6 +134,7 @@ type conn struct {
 	address     string
 	log         *slog.Logger
 	established bool
+	finSent     bool // the FIN went out on this connection behind the last batches: its answer follows their ACKs
 }
 
 // dialConn connects to address; ctx cancelled closes the connection at once, interrupting a
@@ -176,6 +177,14 @@ func (c *conn) send(m protocol.Message, what string) error {
 // writeDeadline bounds the writes that follow, up to the next flush, by io.timeout.
 func (c *conn) writeDeadline() {
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.timeout))
+}
+
+// writeMessage buffers m, to go out with the next flush.
+func (c *conn) writeMessage(m protocol.Message, what string) error {
+	if err := protocol.WriteFrame(c.bw, m); err != nil {
+		return c.writeError(broken("send %s: %w", what, err))
+	}
+	return nil
 }
 
 // write buffers a whole encoded frame; the caller says which in the error.

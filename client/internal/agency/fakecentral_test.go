@@ -36,6 +36,7 @@ type fakeServer struct {
 	ackBeforeDrop   int                                               // first connection: ACK only its first K BETs
 	storeBeforeDrop int                                               // first connection: store the BETs up to this one, acknowledged or not
 	windowCheck     int                                               // hold ACKs until this many BETs are pending, then check no more arrive
+	acksAfterFin    bool                                              // hold every ACK until the FIN has arrived: an agency that waits for them first waits forever
 	betError        *protocol.Error                                   // answer every BET with this ERROR
 	internalErrors  int                                               // answer the first N BETs with INTERNAL_ERROR and close
 	finError        *protocol.Error                                   // answer every FIN with this ERROR
@@ -275,7 +276,7 @@ func (s *fakeServer) serve(c net.Conn, connNo int) {
 				continue
 			}
 			pending = append(pending, v)
-			if s.windowCheck > 0 && len(pending) < s.windowCheck {
+			if s.acksAfterFin || (s.windowCheck > 0 && len(pending) < s.windowCheck) {
 				continue
 			}
 			if s.windowCheck > 0 {
@@ -296,6 +297,12 @@ func (s *fakeServer) serve(c net.Conn, connNo int) {
 			}
 			pending = pending[:0]
 		case protocol.Fin:
+			for _, b := range pending { // acksAfterFin: the batches before it are answered first
+				if !send(s.answerBet(b)) {
+					return
+				}
+			}
+			pending = pending[:0]
 			ans := s.answerFin(v)
 			s.mu.Lock()
 			drop := s.dropAfterFin > 0

@@ -131,3 +131,10 @@ func (s *fakeServer) connTypes(n int) []protocol.Type {
 	defer s.mu.Unlock()
 	return append([]protocol.Type(nil), s.types[n]...)
 }
+
+// connCount is the number of connections accepted so far.
+func (s *fakeServer) connCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns
+}

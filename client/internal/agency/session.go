@@ -135,6 +135,20 @@ func (a *Agency) sendBets() error {
 				})
 			}
 		}
+		if a.src.eof && !a.win.empty() && !a.conn.finSent && !a.resume.Finished {
+			// Every bet is in flight: the FIN follows the last batch in the same flush, so the
+			// central records it in the same group commit and its answer follows their ACKs,
+			// instead of costing one more round trip and one more sync once they are in.
+			if !wrote {
+				a.conn.writeDeadline()
+				wrote = true
+			}
+			stored, chain := a.win.head()
+			if err := a.conn.writeMessage(protocol.Fin{Agency: a.cfg.ID, Bets: stored, Chain: chain}, "FIN"); err != nil {
+				return err
+			}
+			a.conn.finSent = true
+		}
 		if wrote {
 			if err := a.conn.flush(); err != nil {
 				return err
@@ -199,8 +213,10 @@ func (a *Agency) readAck() error {
 // fin sends FIN, announcing the agency's bets (all acknowledged: the last position) and their
 // chain, and waits for FIN_ACK; DUPLICATE_FIN means an earlier FIN was recorded.
 func (a *Agency) fin() error {
-	if err := a.conn.send(protocol.Fin{Agency: a.cfg.ID, Bets: a.win.stored, Chain: a.win.chain}, "FIN"); err != nil {
-		return err
+	if !a.conn.finSent { // else it went out behind the last batches (sendBets)
+		if err := a.conn.send(protocol.Fin{Agency: a.cfg.ID, Bets: a.win.stored, Chain: a.win.chain}, "FIN"); err != nil {
+			return err
+		}
 	}
 	m, err := a.conn.read(a.cfg.IOTimeout)
 	if err != nil {

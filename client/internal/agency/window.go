@@ -35,6 +35,16 @@ func (w *window) oldest() *bets.Batch {
 	return w.batches[0]
 }
 
+// head is the position and chain the central stores once every batch in flight is stored:
+// the newest one's end, or what is stored when none is in flight.
+func (w *window) head() (stored, chain uint32) {
+	if w.empty() {
+		return w.stored, w.chain
+	}
+	newest := w.batches[len(w.batches)-1]
+	return newest.Last(), newest.ChainAfter
+}
+
 // push adds a batch just sent.
 func (w *window) push(bt *bets.Batch) { w.batches = append(w.batches, bt) }
 
