@@ -108,7 +108,8 @@ func (a *Agency) resend() error {
 }
 
 // sendBets keeps up to batch.window batches in flight until the file is exhausted and every
-// batch is acknowledged. Batches are written in groups with one Flush per group.
+// batch is acknowledged. Batches are written in groups with one Flush per group; the FIN goes
+// out with the group of the last batch.
 func (a *Agency) sendBets() error {
 	for {
 		wrote := false
@@ -211,9 +212,10 @@ func (a *Agency) readAck() error {
 }
 
 // fin sends FIN, announcing the agency's bets (all acknowledged: the last position) and their
-// chain, and waits for FIN_ACK; DUPLICATE_FIN means an earlier FIN was recorded.
+// chain, unless it went out behind the last batch on this connection, and waits for FIN_ACK;
+// DUPLICATE_FIN means an earlier FIN was recorded.
 func (a *Agency) fin() error {
-	if !a.conn.finSent { // else it went out behind the last batches (sendBets)
+	if !a.conn.finSent {
 		if err := a.conn.send(protocol.Fin{Agency: a.cfg.ID, Bets: a.win.stored, Chain: a.win.chain}, "FIN"); err != nil {
 			return err
 		}
