@@ -66,6 +66,8 @@ def run_floor(args: argparse.Namespace, bare: Side, run: int, *, tag: str = "") 
         ready, _, _ = select.select([central.stdout], [], [], 10)
         if not ready or central.stdout.readline().strip() != READY:
             raise BenchError(f"floor {run}: the bare central did not start")
+        # The agency's own environment and image settings; a bare agency reads only its server
+        # address and credentials (CLI_SERVER_ADDRESS, CLI_TLS_*), so it is given no data set.
         launches = agency_launches(args, bare, Path("/nonexistent"), port, run)
         started = time.monotonic()
         exits = wait_all(spawn_all(launches), 600, error=BenchError)
