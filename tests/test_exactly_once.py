@@ -285,6 +285,46 @@ def test_a_second_program_claiming_the_agency_is_refused(start_server, peers) ->
 # --- the FIN rules ---------------------------------------------------------------------------
 
 
+def test_a_fin_behind_its_batches_is_stored_with_them_and_a_cut_one_is_all_or_a_prefix(start_server, peers) -> None:
+    """The agency sends its FIN in the same write as its last batches (docs/protocol.md, FIN):
+    the central decides it after them and answers it after their ACKs. A connection cut right
+    after that write (agency 2), or once the FIN is recorded but before any answer is read
+    (agency 3), leaves by the next RESUME whole batches in order, the FIN only with all of them;
+    sending the rest again stores every bet once."""
+    server = start_server(agencies=3)
+    peer = peers(server.port)
+    agency, bets = AgencyBets(1), numbered(9)
+    batches = [agency.batch(bets[i : i + 3]) for i in (0, 3, 6)]
+    peer.send_raw(b"".join(protocol.encode(m) for m in (*batches, agency.fin())))
+    assert [peer.recv() for _ in range(4)] == [protocol.Ack(1, 3), protocol.Ack(1, 6), protocol.Ack(1, 9),
+                                                protocol.FinAck(1)]
+    server.wait_log(r"action: fin \| result: success \| agency: 1 \| bets: 9\n")
+    assert resume(peer, 1) == agency.resume(finished=True)
+
+    expected_rows = [row(1, b) for b in bets]
+    for number, answers_lost in ((2, False), (3, True)):
+        sender, theirs = AgencyBets(number), numbered(6, start=100 * number)
+        frames = [sender.batch(theirs[:3]), sender.batch(theirs[3:]), sender.fin()]
+        cut = peers(server.port, agency=number)
+        cut.send_raw(b"".join(protocol.encode(m) for m in frames))
+        if answers_lost:
+            server.wait_log(rf"action: fin \| result: success \| agency: {number} \| bets: 6\n")
+        cut.close()  # reading no answer
+        again = peers(server.port, agency=number)
+        told = resume(again, number)
+        assert (told.stored, told.chain) in ((0, 0), (3, chain_of(theirs[:3])), (6, chain_of(theirs))), told
+        assert not told.finished or told.stored == 6, told  # never the FIN without its batches
+        assert told.finished or not answers_lost, told
+        if not told.finished:
+            rest = frames[told.stored // 3 :]
+            again.send_raw(b"".join(protocol.encode(m) for m in rest))
+            acks = [protocol.Ack(number, 3), protocol.Ack(number, 6)][told.stored // 3 :]
+            assert [again.recv() for _ in range(len(acks) + 1)] == [*acks, protocol.FinAck(number)]
+        assert resume(again, number) == protocol.Resume(number, 6, chain_of(theirs), True)
+        expected_rows += [row(number, b) for b in theirs]
+    assert sorted(csv_rows(server.storage)) == sorted(expected_rows)  # each bet once
+
+
 def test_fin_rules(start_server, peers) -> None:
     server = start_server(agencies=3)
     agency, bets, peer = store_two_batches_of_five(server, peers)
