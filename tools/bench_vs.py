@@ -70,20 +70,18 @@ def ratio(pairs: list[tuple[Figures, Figures]], figure: Figure) -> float:
     return statistics.median(ratios)
 
 
-FLOOR_FIGURES = [("wall_seconds", lambda f: f.wall), ("server_cpu_seconds", lambda f: f.server_cpu),
-                 ("agencies_cpu_seconds", lambda f: f.agencies_cpu)]
+FLOOR_KEYS = ("wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds")  # a floor run has no bets, no memory
 
 
 def floor_summary(runs: list[tuple[Figures, Figures]], against: str) -> str:
     """Two lines: the floor runs' medians (ranges), and the median over the runs of the floor's
-    figure over the real run's (`against`: this, or the other checkout with --vs) beside it."""
-    medians = " | ".join(f"{key}: {spread([value(r[0]) for r in runs], 3)}" for key, value in FLOOR_FIGURES)
-    ratios = []
-    for key, value in FLOOR_FIGURES:
-        each = [value(floor) / value(real) if value(real) else float("inf") for floor, real in runs]
-        ratios.append(f"{key}: {statistics.median(each):.3f}")
+    figure over the real run's (`against`: this, or the other checkout with --vs) beside it:
+    `runs` pairs each floor run with its real run, as `ratio` takes a pair."""
+    rows = [figure for figure in figures(0) if figure.key in FLOOR_KEYS]
+    medians = " | ".join(f"{figure.key}: {spread([figure.value(r[0]) for r in runs], 3)}" for figure in rows)
+    ratios = " | ".join(f"{figure.key}: {ratio(runs, figure):.3f}" for figure in rows)
     return (f"median (range) of {len(runs)} floor runs: {medians}\n"
-            f"ratio floor/{against}, median of {len(runs)} runs: {' | '.join(ratios)}")
+            f"ratio floor/{against}, median of {len(runs)} runs: {ratios}")
 
 
 def table(args: argparse.Namespace, sides: tuple[Side, Side], pairs: list[tuple[Figures, Figures]]) -> str:

@@ -156,7 +156,8 @@ func plainUTF8Name(v []byte) bool {
 	return true
 }
 
-// plainName is validName for []byte, without the generic dictionary: it is the hot loop.
+// plainName is validName for []byte, without the generic dictionary, for CheckPlainLine (a line
+// ValidPlainLine refuses, or one past its 64 bytes).
 func plainName(v []byte) bool {
 	if len(v) < 1 || len(v) > MaxNameBytes {
 		return false
