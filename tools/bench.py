@@ -72,8 +72,8 @@ from pathlib import Path
 
 from bench_floor import build_floor, run_floor
 from bench_profile import report
-from bench_run import ROOT, BenchError, Figures, build_side, measure_restart, prepare, run_once
-from bench_vs import compare, floor_summary, spread
+from bench_run import ROOT, BenchError, build_side, measure_restart, prepare, run_once
+from bench_vs import compare, floor_summary, medians
 
 SWEEP = "5,10,50,100,500,1000"
 SWEEP_BETS = 1_000_000
@@ -174,7 +174,7 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         if bare is not None:
             floors.append(run_floor(args, bare, run))
     if args.runs > 1:
-        print(f"median (range) of {args.runs} runs: " + summary(results))
+        print(f"median (range) of {args.runs} runs: " + medians(results))
     if floors:
         print(floor_summary(list(zip(floors, results, strict=True)), "this"))
     if args.profile is not None:
@@ -183,12 +183,6 @@ def bench(args: argparse.Namespace, work: Path) -> None:
 
 def profile_dir(args: argparse.Namespace, name: str) -> Path | None:
     return None if args.profile is None else args.profile / name
-
-
-def summary(results: list[Figures]) -> str:
-    figures = [("wall_seconds", [r.wall for r in results]), ("server_cpu_seconds", [r.server_cpu for r in results]),
-               ("agencies_cpu_seconds", [r.agencies_cpu for r in results])]
-    return " | ".join(f"{name}: {spread(values, 3)}" for name, values in figures)
 
 
 def sweep(args: argparse.Namespace, work: Path) -> None:

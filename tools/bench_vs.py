@@ -70,17 +70,21 @@ def ratio(pairs: list[tuple[Figures, Figures]], figure: Figure) -> float:
     return statistics.median(ratios)
 
 
-FLOOR_KEYS = ("wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds")  # a floor run has no bets, no memory
+TIMES = ("wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds")  # what a floor run also has (no bets, no memory)
+
+
+def medians(results: list[Figures]) -> str:
+    """The median (range) of each time over `results`: `wall_seconds: ... | ...`."""
+    return " | ".join(f"{figure.key}: {spread([figure.value(r) for r in results], 3)}"
+                      for figure in figures(0) if figure.key in TIMES)
 
 
 def floor_summary(runs: list[tuple[Figures, Figures]], against: str) -> str:
     """Two lines: the floor runs' medians (ranges), and the median over the runs of the floor's
     figure over the real run's (`against`: this, or the other checkout with --vs) beside it:
     `runs` pairs each floor run with its real run, as `ratio` takes a pair."""
-    rows = [figure for figure in figures(0) if figure.key in FLOOR_KEYS]
-    medians = " | ".join(f"{figure.key}: {spread([figure.value(r[0]) for r in runs], 3)}" for figure in rows)
-    ratios = " | ".join(f"{figure.key}: {ratio(runs, figure):.3f}" for figure in rows)
-    return (f"median (range) of {len(runs)} floor runs: {medians}\n"
+    ratios = " | ".join(f"{figure.key}: {ratio(runs, figure):.3f}" for figure in figures(0) if figure.key in TIMES)
+    return (f"median (range) of {len(runs)} floor runs: {medians([floor for floor, _ in runs])}\n"
             f"ratio floor/{against}, median of {len(runs)} runs: {ratios}")
 
 
