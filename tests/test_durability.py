@@ -9,9 +9,11 @@ What these tests pin (storage.py, worker.py, supervisor.py):
 - fsync failure is fail-stop: a worker whose fdatasync fails answers nothing more, the central
   exits with code 3, and the next start on the same storage finishes the round from the disk.
 
-Faults are injected into one worker (WORKERS=1) with ``strace -p``: an EIO on its first
-fdatasync, or a SIGKILL at it. Every test ends by checking that each acknowledged bet is stored
-exactly once and that the winners (number 7574) are exact.
+Faults are injected into one worker (WORKERS=1) with ``strace -f -p``: an EIO on its first
+fdatasync, or a SIGKILL at it (``-f``: every thread of the worker, its sync thread included,
+which makes every fdatasync of a worker; strace counts the calls per thread). Every test ends by
+checking that each acknowledged bet is stored exactly once and that the winners (number 7574)
+are exact.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import DATA, DEFAULT_WINNERS, AgencyBets, Peer, bet, csv_rows, row, wait_until, worker_pids
+from conftest import DATA, DEFAULT_WINNERS, AgencyBets, Peer, bet, csv_rows, health_echo, row, wait_until, worker_pids
 from lottery import protocol
+from lottery.health import HEALTH_STALL
 from lottery.protocol import ErrorCode
 
 STRACE = shutil.which("strace") or "strace"  # required: `make test` checks it is installed
@@ -51,7 +54,8 @@ def tracer_of(pid: int) -> int:
 
 @contextmanager
 def strace(pid: int, out: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Attach strace to `pid` (writing its trace to `out`), yield once it traces, always detach."""
+    """Attach strace to `pid` (writing its trace to `out`), yield once it traces, always detach.
+    With "-f" among `options`, to every thread of it (a worker syncs in a thread of its own)."""
     tracer = subprocess.Popen([STRACE, "-qq", "-p", str(pid), "-o", str(out), *options],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -80,11 +84,11 @@ def detach(tracer: subprocess.Popen[bytes]) -> None:
 
 
 def fail_first_fdatasync(pid: int, out: Path):
-    return strace(pid, out, "-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO:when=1")
+    return strace(pid, out, "-f", "-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO:when=1")
 
 
 def kill_at_first_fdatasync(pid: int, out: Path):
-    return strace(pid, out, "-e", "trace=fdatasync", "-e", "inject=fdatasync:signal=SIGKILL:when=1")
+    return strace(pid, out, "-f", "-e", "trace=fdatasync", "-e", "inject=fdatasync:signal=SIGKILL:when=1")
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,27 @@ SYSCALL_LINE = re.compile(
 )
 
 
+THREAD_PREFIX = re.compile(r"^(?:\[pid\s+)?(?P<thread>\d+)\]?\s+")  # -f: each line starts with its thread's id
+UNFINISHED = re.compile(r"^(?P<call>\w+\(.*) <unfinished \.\.\.>$")
+RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>(?P<rest>.*)$")
+
+
 def read_trace(out: Path) -> list[Syscall]:
-    """The calls of a trace taken with -xx (every buffer byte as \\xNN) and a large -s."""
+    """The calls of a trace taken with -f, -xx (every buffer byte as \\xNN) and a large -s, in
+    the order they returned. A call that another thread's call interrupted in the trace (its
+    "<unfinished ...>" line, then its "<... resumed>" line) is put back together at its return."""
     calls = []
-    for line in out.read_text().splitlines():
+    started: dict[str, str] = {}  # thread id -> the start of its unfinished call
+    for traced in out.read_text().splitlines():
+        prefix = THREAD_PREFIX.match(traced)
+        thread, line = (prefix.group("thread"), traced[prefix.end() :]) if prefix else ("", traced)
+        unfinished = UNFINISHED.match(line)
+        if unfinished:
+            started[thread] = unfinished.group("call")
+            continue
+        resumed = RESUMED.match(line)
+        if resumed:
+            line = started.pop(thread, resumed.group("name") + "(") + resumed.group("rest")
         found = SYSCALL_LINE.match(line)
         if found:
             data = bytes.fromhex((found.group("data") or "").replace("\\x", ""))
@@ -198,6 +219,29 @@ def assert_stored_exactly(storage: Path, acknowledged: dict[int, list[tuple[str,
 # --- tests ---------------------------------------------------------------------------------------
 
 
+def test_a_trace_of_two_threads_is_read_in_the_order_the_calls_returned(tmp_path: Path) -> None:
+    """The reader the tests below rely on: with -f, a call another thread interrupted is split
+    over an "<unfinished ...>" and a "<... resumed>" line, and counts where it returned."""
+    trace = tmp_path / "two-threads.trace"
+    trace.write_text(
+        "100 read(7,  <unfinished ...>\n"  # strace's own spacing
+        "101 fdatasync(4)                      = 0\n"
+        '100 <... read resumed>"\\x17\\x03", 65536) = 2\n'
+        "101 fdatasync(5 <unfinished ...>\n"
+        '100 write(7, "\\x17", 1) = 1\n'
+        "101 <... fdatasync resumed>)            = 0\n"
+        "101 fdatasync(4 <unfinished ...>\n"
+        "101 +++ killed by SIGKILL +++\n"
+    )
+    assert read_trace(trace) == [
+        Syscall("fdatasync", 4, b"", 0),
+        Syscall("read", 7, b"\x17\x03", 2),
+        Syscall("write", 7, b"\x17", 1),
+        Syscall("fdatasync", 5, b"", 0),
+    ]
+
+
+
 def test_a_worker_killed_between_the_last_fin_and_its_sync_still_gets_the_draw(start_server, peers,
                                                                                tmp_path) -> None:
     server = start_server(agencies=2, WORKERS=1)
@@ -253,7 +297,7 @@ def test_duplicate_fin_is_answered_only_after_a_sync(start_server, peers, tmp_pa
     fd = server_fd(worker, server.port, peer)
     trace = tmp_path / "answers.trace"
     answers = []
-    with strace(worker, trace, "-xx", "-s", "65536", "-e", "trace=fdatasync,sendto,recvfrom,read,write"):
+    with strace(worker, trace, "-f", "-xx", "-s", "65536", "-e", "trace=fdatasync,sendto,recvfrom,read,write"):
         peer.send(agency.batches[-1])  # already stored: the duplicate ACK must state a durable fact too
         answers.append(peer.recv())
         assert answers[-1] == protocol.Ack(1, 2)
@@ -319,6 +363,35 @@ def test_an_fdatasync_error_after_a_fin_stops_the_central_and_the_restart_draws(
     draws = sum(path.read_text().count("action: sorteo | result: success") for path in tmp_path.glob("server*.log"))
     assert draws == 1
     assert_stored_exactly(storage, bets)
+
+
+
+def test_a_hung_sync_acknowledges_nothing_while_the_worker_answers_and_its_health_says_why(
+    start_server, peers, tmp_path
+) -> None:
+    """The worker syncs in a thread of its own: a sync that hangs (strace holds the worker's
+    first fdatasync for 4 s) leaves its batch unacknowledged, while the worker's loop goes on
+    answering, and the health port says the central cannot store; the ACK follows the sync."""
+    server = start_server(agencies=1, WORKERS=1)
+    agency, peer = AgencyBets(1), peers(server.port)
+    peer.send(protocol.Hello(1))
+    assert peer.recv() == protocol.Resume(1, 0, 0, False)
+    worker = only_worker(server)
+    with strace(worker, tmp_path / "hung.trace", "-f", "-e", "trace=fdatasync",
+                "-e", "inject=fdatasync:delay_enter=4000000:when=1"):
+        sent = time.monotonic()
+        peer.send(agency.batch([bet("701", "7574")]))
+        time.sleep(HEALTH_STALL + 0.5)
+        health = peers(server.health_port, agency=None)
+        health.send(protocol.Echo(b"ok?"))
+        answer = health.recv()  # answered at once: the loop is not blocked by the sync
+        assert isinstance(answer, protocol.Error) and answer.code is ErrorCode.INTERNAL_ERROR, answer
+        assert re.fullmatch(r"cannot store: a sync has been running for \d+\.\d s \(worker 1's fdatasync\)",
+                            answer.reason), answer.reason
+        assert peer.recv() == protocol.Ack(1, 1)
+        assert time.monotonic() - sent >= 4, "acknowledged before its sync returned"
+    assert health_echo(server.health_port)
+    assert_stored_exactly(server.storage, {1: [bet("701", "7574")]})
 
 
 # --- with real agencies ----------------------------------------------------------------------------

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import resource
+import select
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, AgencyBets, bet, csv_rows
-from lottery import draw, protocol, recovery
+from lottery import draw, protocol, recovery, storage as storage_module
 from lottery.board import Board
 from lottery.commit import GroupCommit
+from lottery.durable import SyncFailed
 from lottery.handler import Handler
 from lottery.protocol import ErrorCode, MsgType
 from lottery.session import Session
@@ -75,7 +78,7 @@ class Central:
 def central(tmp_path: Path) -> Iterator[Central]:
     recovery.recover(tmp_path, 3)
     board = Board(3)
-    storage = Storage(tmp_path, board, 1)
+    storage = Storage(tmp_path, board, 1, background_sync=True)  # as a worker opens it
     outbox = Outbox()
     made = Central(storage, board, outbox, None, None, tmp_path)  # type: ignore[arg-type]
     made.commit = GroupCommit(storage, board, outbox, 1, lambda: made.nudges.append(1))
@@ -258,3 +261,83 @@ def test_a_failed_append_is_refused_with_its_cause_and_nothing_else_changes(cent
     assert central.outbox.messages(again) == [protocol.Ack(1, 39)]
     assert len(csv_rows(central.directory)) == 39
     assert not draw.draw_done(central.directory)
+
+
+# --- the group commit and the sync thread ------------------------------------------------------
+
+
+@pytest.fixture
+def held_sync(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """The storage's fdatasyncs wait until the test sets `release`; `started` says one waits."""
+    started, release = threading.Event(), threading.Event()
+    real = storage_module.sync
+
+    def held(fd: int, what: str) -> None:
+        started.set()
+        assert release.wait(10), "the test never released the sync"
+        real(fd, what)
+
+    monkeypatch.setattr(storage_module, "sync", held)
+    yield started, release
+    release.set()
+
+
+def answer_synced_groups(central: Central, session: Session) -> None:
+    """What the worker's loop does when the sync thread's eventfd turns readable, until `session`
+    has every answer."""
+    while session.pending:
+        assert select.select([central.storage.sync_fileno()], [], [], 10)[0], "no sync returned"
+        central.commit.on_synced()
+
+
+def test_the_loop_reads_on_while_a_group_syncs_and_answers_it_only_once_synced(
+    central: Central, held_sync: tuple[threading.Event, threading.Event]
+) -> None:
+    started, release = held_sync
+    session, bets = central.session(1), AgencyBets(1)
+    central.send(session, bets.batch([bet("1")]))
+    central.commit.start()  # appended; its sync runs in the thread
+    assert started.wait(10)
+    central.send(session, bets.batch([bet("2")]))  # read and checked while the first group syncs
+    central.commit.start()  # appended too; its sync follows
+    central.commit.on_synced()  # nothing has returned yet
+    assert central.outbox.frames(session) == [] and session.pending == 2
+    assert [r[3] for r in csv_rows(central.directory)] == ["1", "2"]  # appended, not yet answered
+    release.set()
+    answer_synced_groups(central, session)
+    assert central.outbox.messages(session) == [protocol.Ack(1, 1), protocol.Ack(1, 2)]
+
+
+def test_an_answer_behind_a_group_in_flight_waits_for_its_sync(
+    central: Central, held_sync: tuple[threading.Event, threading.Event]
+) -> None:
+    """An echo after a batch whose sync is running: `run` waits for it, the ACK goes first."""
+    started, release = held_sync
+    session, bets = central.session(1), AgencyBets(1)
+    central.send(session, bets.batch([bet("1")]))
+    central.commit.start()
+    assert started.wait(10)
+    releaser = threading.Timer(0.2, release.set)
+    releaser.start()
+    central.send(session, protocol.Echo(b"after"))  # returns only once the batch is durable
+    releaser.join()
+    assert central.outbox.messages(session) == [protocol.Ack(1, 1), protocol.Echo(b"after")]
+    assert session.pending == 0
+
+
+def test_a_failed_sync_in_the_thread_answers_nothing_it_covered(
+    central: Central, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(fd: int, what: str) -> None:
+        raise SyncFailed(f"fdatasync of {what}: Input/output error")
+
+    monkeypatch.setattr(storage_module, "sync", failing)
+    session, bets = central.session(1), AgencyBets(1)
+    central.send(session, bets.batch([bet("1")]))
+    central.commit.start()
+    assert select.select([central.storage.sync_fileno()], [], [], 10)[0]
+    with pytest.raises(SyncFailed, match="Input/output error"):
+        central.commit.on_synced()  # the worker's loop ends on it: fail-stop
+    with pytest.raises(SyncFailed):
+        central.send(session, protocol.Echo(b"after"))  # nothing may follow it either
+    assert central.outbox.frames(session) == []

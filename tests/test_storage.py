@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import zlib
 from pathlib import Path
 
 import pytest
 
 from conftest import AgencyBets, batch, bet, chain_of, csv_rows, open_storage, row
-from lottery import draw, files, recovery
+from lottery import draw, files, recovery, storage as storage_module
 from lottery.board import Board
 from lottery.durable import StorageError
 from lottery.journal import AgencyState, JournalRecord, JournalView
 from lottery.protocol import Bet, Fin
-from lottery.storage import FinOutcome, Outcome, Storage
+from lottery.storage import FinOutcome, Outcome, Storage, Verdict
 
 AGENCIES = 9  # the round these tests store into
 
@@ -165,6 +166,50 @@ def test_a_checkpoint_keeps_what_decides_a_resend(tmp_path: Path) -> None:
     assert outcomes(again, [one.batch([bet("7")])]) == [Outcome.STORED]
     assert again.record_fin(2, 1, two.chain)[0] is FinOutcome.DUPLICATE
     assert [r[3] for r in csv_rows(tmp_path)] == ["1", "2", "3", "4", "5", "6", "7"]
+
+
+def test_a_worker_follows_a_checkpoint_only_once_its_running_sync_has_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's storage syncs in its thread. When another process has rewritten the journal
+    as a checkpoint, the worker closes its descriptor of the old file only after the sync that
+    may be using it has returned (never an fdatasync of a closed, or reused, descriptor)."""
+    worker, supervisor = open_storage(tmp_path, AGENCIES), Storage(tmp_path)
+    worker.close()
+    worker = Storage(tmp_path, background_sync=True)
+    started, release = threading.Event(), threading.Event()
+    real = storage_module.sync
+
+    def held_in_the_thread(fd: int, what: str) -> None:
+        if threading.current_thread().name == "sync":
+            started.set()
+            assert release.wait(10)
+        real(fd, what)
+
+    monkeypatch.setattr(storage_module, "sync", held_in_the_thread)
+    one = AgencyBets(1)
+    worker.stage([one.batch([bet("1")])])
+    ticket = worker.sync_later()
+    assert started.wait(10)
+    assert supervisor.try_compact() is not None  # the journal is a new file now
+    staged: list[list[Outcome | FinOutcome]] = []
+    follower = threading.Thread(target=lambda: staged.append(outcomes_of(worker.stage([one.batch([bet("2")])]))))
+    follower.start()
+    follower.join(0.3)
+    assert follower.is_alive()  # it waits for the running sync before closing the old journal
+    release.set()
+    follower.join(10)
+    assert staged == [[Outcome.STORED]]
+    worker.sync()
+    assert worker.synced() >= ticket
+    worker.close()
+    supervisor.close()
+    again = Storage(tmp_path)
+    assert again.view.state(1).stored == 2 and [r[3] for r in csv_rows(tmp_path)] == ["1", "2"]
+
+
+def outcomes_of(verdicts: list[Verdict]) -> list[Outcome | FinOutcome]:
+    return [verdict.outcome for verdict in verdicts]
 
 
 @pytest.mark.parametrize(

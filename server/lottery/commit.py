@@ -6,12 +6,21 @@ A pipelining agency sends many batches at once, so one sync acknowledges many; w
 finishing, their FINs share the syncs of the others' batches instead of one sync each. A request
 whose connection closed, or whose session a newer one superseded, since it arrived is not stored:
 the storage asks, under its lock, whether each request's session is still live
-(`Storage.commit`), so a new session's RESUME is never overtaken by an older connection's batch.
+(`Storage.stage`), so a new session's RESUME is never overtaken by an older connection's batch.
+
+**The loop does not wait for the sync.** At the end of a turn `start` appends the group and asks
+the storage's sync thread for a sync (syncer.py); the loop goes back to its sockets, and
+`on_synced` answers each group once its sync has returned, in the order the groups were made.
+Meanwhile the next frames are read and checked, and wait for the next group. Whoever must
+answer a session in order after its requests (a RESUME, an echo, a held winners query, the
+shutdown) calls `run`, which waits for the groups in flight and commits the rest at once.
+`session.pending` counts a session's requests kept or in flight, not answered yet.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from . import protocol
@@ -24,6 +33,8 @@ from .storage import FinOutcome, Outcome, Storage, Verdict
 
 log = logging.getLogger(__name__)
 
+Request = tuple[Session, protocol.Bet | protocol.Fin]  # a batch or a FIN, with the session it came on
+
 
 class GroupCommit:
     def __init__(self, storage: Storage, board: Board, outbox: Outbox, worker: int, nudge: Callable[[], None]) -> None:
@@ -32,31 +43,68 @@ class GroupCommit:
         self.outbox = outbox
         self.worker = worker
         self.nudge = nudge  # tells the supervisor to look at the barrier again (a FIN)
-        self.pending: list[tuple[Session, protocol.Bet | protocol.Fin]] = []
+        self.pending: list[Request] = []
+        # Groups appended and waiting for their sync, oldest first: (ticket, requests, verdicts).
+        self.in_flight: deque[tuple[int, list[Request], list[Verdict]]] = deque()
 
     def add(self, session: Session, request: protocol.Bet | protocol.Fin) -> None:
         """Keep a batch or a FIN for this turn's commit; it is answered then, in order."""
         self.pending.append((session, request))
         session.pending += 1
 
+    def start(self) -> None:
+        """Append every batch and FIN kept so far, and ask for their sync; `on_synced` answers
+        them once it has returned."""
+        staged = self._stage()
+        if staged is not None:
+            self.in_flight.append((self.storage.sync_later(), *staged))
+
+    def on_synced(self) -> None:
+        """Answer every group whose sync has returned. Raises SyncFailed if one failed: nothing
+        it covered is ever answered (fail-stop)."""
+        done = self.storage.synced()
+        while self.in_flight and self.in_flight[0][0] <= done:
+            _, pending, verdicts = self.in_flight.popleft()
+            self._answer_all(pending, verdicts)
+
     def run(self) -> None:
-        """Store every batch and FIN kept so far with one append and one sync, then answer each."""
-        if not self.pending:
+        """Append every batch and FIN kept so far, wait for one sync that covers them and the
+        groups in flight, and answer all of them, oldest first: on return nothing is left
+        unanswered."""
+        staged = self._stage()
+        if staged is None and not self.in_flight:
             return
+        self.storage.sync()
+        if self.in_flight:
+            self.on_synced()
+        if staged is not None:
+            self._answer_all(*staged)
+
+    def _stage(self) -> tuple[list[Request], list[Verdict]] | None:
+        """Append the kept requests (not yet durable): the requests and their verdicts, or None
+        when there is nothing to append or the append failed (each request is then refused)."""
+        if not self.pending:
+            return None
         pending, self.pending = self.pending, []
-        for session, _ in pending:
-            session.pending = 0
 
         def live(index: int) -> bool:  # asked under the storage's lock
             session = pending[index][0]
             return session.open and session.agency is not None and self.board.current(session.agency, session.token)
 
         try:
-            verdicts = self.storage.commit([request for _, request in pending], live)
+            verdicts = self.storage.stage([request for _, request in pending], live)
         except WriteFailed as err:
+            for session, _ in pending:
+                session.pending -= 1
             positions = [(session, getattr(request, "first", 0)) for session, request in pending]  # 0: a FIN
             storage_failed(self.outbox, positions, err, self.worker)
-            return
+            return None
+        return pending, verdicts
+
+    def _answer_all(self, pending: list[Request], verdicts: list[Verdict]) -> None:
+        """Answer a durable group, request by request in the order they arrived."""
+        for session, _ in pending:
+            session.pending -= 1
         debug = log.isEnabledFor(logging.DEBUG)
         nudge = False
         for (session, request), verdict in zip(pending, verdicts, strict=True):

@@ -15,7 +15,7 @@ class Session:
     health: bool = False  # on the health port: ECHO only
     agency: int | None = None  # the verified identity, once the TLS handshake is done
     token: int = 0  # its token on the shared board (board.py): current while no newer session exists
-    pending: int = 0  # batches waiting for this turn's group commit
+    pending: int = 0  # batches and FINs kept for the group commit or in flight, not answered yet
     held: int | None = None  # the agency whose winners query waits for the draw
     open: bool = True  # False once its connection is closed
     closing: bool = False  # its last answer is queued; nothing more is read or answered

@@ -12,7 +12,9 @@ Rules, each relied upon elsewhere:
 - **Nothing answered before it is durable.** `commit` (batches and FINs) and `resume` return only
   after `sync`, whatever the outcome they report, so an ACK, a duplicate ACK, a FIN_ACK, a
   DUPLICATE_FIN or a RESUME always states a fact on disk. One sync covers every process's earlier
-  appends (group commit); it runs outside the lock.
+  appends (group commit); it runs outside the lock. A worker's storage syncs in a thread of its
+  own (syncer.py): `stage` appends without waiting, `sync_later` asks for the sync and `synced`
+  says which have returned, so the worker answers a staged group only once its ticket is done.
 - **Exactly once, whatever the batching.** An agency's bets are stored in position order with no
   gap or overlap, each batch on top of exactly the bets its ``chain`` names; the per-agency state
   is (bets stored, their chain, the first position of the last batch), O(1) whatever the bets.
@@ -42,6 +44,7 @@ from .files import BETS_FILE, JOURNAL_FILE, WINNERS_FILE
 from .journal import AgencyState, JournalRecord, JournalView, batch_record, fin_record
 from .locks import AppendLock
 from .protocol import Bet, Fin
+from .syncer import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +88,12 @@ class Storage:
     """One process's handle on the shared storage files (opened after `recovery.recover`).
 
     `board` and `process` name the process's row on the shared board, where the append lock's
-    holders are shown (None in tools and tests that run without a central)."""
+    holders are shown (None in tools and tests that run without a central). `background_sync`
+    (a worker's): every sync runs in a thread of its own (syncer.py)."""
 
-    def __init__(self, directory: Path, board: Board | None = None, process: int = 0) -> None:
+    def __init__(
+        self, directory: Path, board: Board | None = None, process: int = 0, background_sync: bool = False
+    ) -> None:
         self.directory = directory
         self.view = JournalView()
         # Paths as str: they are stat'ed on every append, and a Path is converted on each use.
@@ -97,10 +103,13 @@ class Storage:
         self.lock = AppendLock(directory, board, process)
         self._bets_fd = os.open(directory / BETS_FILE, os.O_RDWR | os.O_APPEND)
         self._journal_fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
+        self._syncer = Syncer(self._sync_files) if background_sync else None
         with self._locked():
             pass  # folds the journal in
 
     def close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.close()
         for fd in (self._bets_fd, self._journal_fd):
             os.close(fd)
         self.lock.close()
@@ -118,6 +127,7 @@ class Storage:
         """Fold in the journal lines other processes appended; follow a checkpoint's new file;
         cut a dead writer's leftovers."""
         if os.stat(self._journal_path).st_ino != os.fstat(self._journal_fd).st_ino:
+            self._sync_idle()  # the sync thread may be syncing the old file's descriptor
             os.close(self._journal_fd)  # compacted by another process: fold the new file
             self._journal_fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
             self.view = JournalView()
@@ -170,6 +180,36 @@ class Storage:
 
     def sync(self) -> None:
         """Make every append so far, by any process, durable; SyncFailed if it cannot."""
+        if self._syncer is not None:
+            self._syncer.sync_now()
+        else:
+            self._sync_files()
+
+    def sync_later(self) -> int:
+        """Ask the sync thread to make every append so far durable; returns the ticket that
+        `synced` reports once it is. Only with `background_sync`."""
+        assert self._syncer is not None
+        return self._syncer.request()
+
+    def synced(self) -> int:
+        """The last ticket whose sync has returned; SyncFailed once one has failed."""
+        assert self._syncer is not None
+        return self._syncer.done()
+
+    def sync_fileno(self) -> int:
+        """A descriptor that turns readable when a sync of the thread returns."""
+        assert self._syncer is not None
+        return self._syncer.fileno()
+
+    def sync_running_for(self) -> float:
+        """Seconds the sync thread's running sync has taken so far (0.0: none runs, or no thread)."""
+        return self._syncer.running_for() if self._syncer is not None else 0.0
+
+    def _sync_idle(self) -> None:
+        if self._syncer is not None:
+            self._syncer.idle()
+
+    def _sync_files(self) -> None:
         sync(self._bets_fd, BETS_FILE)
         sync(self._journal_fd, JOURNAL_FILE)
 
@@ -203,16 +243,23 @@ class Storage:
         return verdict.outcome, verdict.state
 
     def commit(self, requests: Sequence[Bet | Fin], live: Callable[[int], bool] | None = None) -> list[Verdict]:
-        """Store what is new among `requests`, batches and FINs, in order, then sync; one verdict
+        """`stage` the requests, then sync: returns once every verdict is durable."""
+        verdicts = self.stage(requests, live)
+        self.sync()  # outside the lock: one sync covers every process's appends so far
+        return verdicts
+
+    def stage(self, requests: Sequence[Bet | Fin], live: Callable[[int], bool] | None = None) -> list[Verdict]:
+        """Append what is new among `requests`, batches and FINs, in order; one verdict
         per request (an Outcome for a batch, a FinOutcome for a FIN), each decided against the
         requests before it: a FIN counts the batches before it, a batch after its agency's FIN
         is FINISHED.
 
         `live(i)`, asked under the lock, says whether request i's connection is still its
         agency's live session; a request whose connection is gone is not stored (ABANDONED).
-        Returns only once every verdict is durable, so the caller may answer at once: STORED and
-        DUPLICATE with ACK, RECORDED with FIN_ACK, the others with their ERROR. Raises
-        WriteFailed (nothing stored) or SyncFailed (stop)."""
+        No verdict may be answered before a sync that started after this call returned (`sync`,
+        or `sync_later` and `synced`); then STORED and DUPLICATE with ACK, RECORDED with FIN_ACK,
+        the others with their ERROR (each states a fact on disk). Raises WriteFailed (nothing
+        stored)."""
         verdicts: list[Verdict] = []
         with self._locked():
             view = self.view
@@ -249,7 +296,6 @@ class Storage:
                     pending[agency] = AgencyState(request.last, after, request.first)
             if records:
                 self._append(b"".join(bets_chunks), records)
-        self.sync()  # outside the lock: one sync covers every process's appends so far
         return verdicts
 
     @staticmethod
@@ -300,6 +346,7 @@ class Storage:
         try:
             self._refresh()
             before = self.view.offset
+            self._sync_idle()
             sync(self._bets_fd, BETS_FILE)
             data = self.view.checkpoint()
             write_file_atomically(self.directory / JOURNAL_FILE, data)

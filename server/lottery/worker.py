@@ -4,9 +4,11 @@ tick and its life cycle; everything else it delegates).
 Each selector key carries the callback that handles its events: the wake-up pipe (signals), the
 channel to the supervisor (nudges: look at the draw and the sessions again), the listening
 sockets (accepting.py accepts), and each connection (connections.py reads and flushes it,
-admission.py runs its TLS handshake, handler.py handles its messages). Batches wait for the end
-of the loop turn, when the group commit (commit.py) stores them all with one append and one
-sync; then every connection with output is flushed.
+admission.py runs its TLS handshake, handler.py handles its messages), and the storage's sync
+thread (syncer.py: a group's sync has returned). Batches wait for the end of the loop turn, when
+the group commit (commit.py) appends them all at once and asks for one sync; the loop reads on
+meanwhile, and answers the group once its sync has returned. Every connection with output is
+flushed at the end of each turn.
 
 A failed fsync, or a storage that cannot be trusted, ends the worker at once with
 EXIT_STORAGE_FAILED and no further answer (fail-stop); the supervisor then stops the central.
@@ -49,7 +51,7 @@ class Worker:
         board: Board,
     ) -> None:  # fmt: skip
         self.index, self.listeners, self.channel, self.config = index, listeners, channel, config
-        self.storage = Storage(config.storage_dir, board, index)
+        self.storage = Storage(config.storage_dir, board, index, background_sync=True)
         self.selector = selectors.DefaultSelector()
         self.winners: dict[int, list[str]] | None = None
         self.stopping = False
@@ -57,7 +59,7 @@ class Worker:
         self.connections = ConnectionTable(self.selector, config, self._nudge)
         self.admission = Admission(index, listeners, config, tls, board, self.connections)
         self.commit = GroupCommit(self.storage, board, self.connections, index, self._nudge)
-        health = StorageHealth(config.storage_dir, board)
+        health = StorageHealth(config.storage_dir, board, index, self.storage.sync_running_for)
         self.handler = Handler(
             self.storage, self.commit, self.connections, lambda: self.winners, health.problem, index
         )  # fmt: skip
@@ -70,6 +72,7 @@ class Worker:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.selector.register(self.wakeup, selectors.EVENT_READ, lambda mask: self.wakeup.drain())
         self.selector.register(self.channel, selectors.EVENT_READ, self._on_channel)
+        self.selector.register(self.storage.sync_fileno(), selectors.EVENT_READ, lambda mask: self.commit.on_synced())
         try:
             self._check_draw()
             self.admission.update_accepting()
@@ -85,7 +88,7 @@ class Worker:
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + TICK
-                self.commit.run()
+                self.commit.start()
                 self.connections.flush_dirty()
             self._shutdown()
         except SyncFailed as err:  # fail-stop: no answer may follow a failed fsync
@@ -130,7 +133,8 @@ class Worker:
                 self.connections.update_events(conn)
 
     def _shutdown(self) -> None:
-        """Finish this turn's batches, tell every peer we are leaving, close everything."""
+        """Finish this turn's batches and the groups in flight, tell every peer we are leaving,
+        close everything."""
         self.commit.run()
         self.connections.stopping = True
         self.admission.accepting.stop()

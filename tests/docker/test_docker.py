@@ -391,10 +391,10 @@ def test_a_failed_fsync_stops_the_server_and_compose_restarts_it(compose) -> Non
     project("up", "-d", timeout=300)
     project.wait_log("server", r"apuesta_recibida \| result: success", count=1)
     # Every worker accepts agencies, so each gets the fault: the first fdatasync after the attach,
-    # in whichever worker commits next, fails.
+    # in whichever worker commits next, fails. -f: a worker syncs in a thread of its own.
     supervisor = int(run("docker", "inspect", "-f", "{{.State.Pid}}", "server").stdout)
     workers = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    tracers = [subprocess.Popen(["strace", "-qq", "-p", worker, "-e", "trace=fdatasync",
+    tracers = [subprocess.Popen(["strace", "-qq", "-f", "-p", worker, "-e", "trace=fdatasync",
                                  "-e", "inject=fdatasync:error=EIO:when=1", "-o", "/dev/null"])
                for worker in workers]
     try:
