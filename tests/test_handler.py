@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, AgencyBets, bet, csv_rows
 from lottery import draw, protocol, recovery, storage as storage_module
 from lottery.board import Board
-from lottery.commit import GroupCommit
+from lottery.commit import MAX_GROUPS_IN_FLIGHT, GroupCommit
 from lottery.durable import SyncFailed
 from lottery.handler import Handler
 from lottery.protocol import ErrorCode, MsgType
@@ -306,6 +306,30 @@ def test_the_loop_reads_on_while_a_group_syncs_and_answers_it_only_once_synced(
     release.set()
     answer_synced_groups(central, session)
     assert central.outbox.messages(session) == [protocol.Ack(1, 1), protocol.Ack(1, 2)]
+
+
+def test_a_turn_waits_while_the_most_groups_allowed_are_in_flight(
+    central: Central, held_sync: tuple[threading.Event, threading.Event]
+) -> None:
+    """With the disk slow or hung, a worker holds at most MAX_GROUPS_IN_FLIGHT groups: the turn
+    that would append one more waits for the oldest, as the loop did before the sync thread."""
+    started, release = held_sync
+    session, bets = central.session(1), AgencyBets(1)
+    for number in range(1, MAX_GROUPS_IN_FLIGHT + 1):
+        central.send(session, bets.batch([bet(str(number))]))
+        central.commit.start()
+    assert started.wait(10) and len(central.commit.in_flight) == MAX_GROUPS_IN_FLIGHT
+    central.send(session, bets.batch([bet(str(MAX_GROUPS_IN_FLIGHT + 1))]))
+    turn = threading.Thread(target=central.commit.start)
+    turn.start()
+    turn.join(0.3)
+    assert turn.is_alive()  # waiting for the oldest group's sync
+    assert central.outbox.frames(session) == []
+    release.set()
+    turn.join(10)
+    answer_synced_groups(central, session)
+    last = MAX_GROUPS_IN_FLIGHT + 1
+    assert central.outbox.messages(session) == [protocol.Ack(1, n) for n in range(1, last + 1)]
 
 
 def test_an_answer_behind_a_group_in_flight_waits_for_its_sync(

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 Request = tuple[Session, protocol.Bet | protocol.Fin]  # a batch or a FIN, with the session it came on
 
+# Groups appended and waiting for their sync, at most. A turn that would append one more waits
+# for the oldest first: with a slow or hung disk a worker then holds at most this many turns'
+# requests, and the disk paces its peers as it did before the sync thread.
+MAX_GROUPS_IN_FLIGHT = 2
+
 
 class GroupCommit:
     def __init__(self, storage: Storage, board: Board, outbox: Outbox, worker: int, nudge: Callable[[], None]) -> None:
@@ -54,7 +59,12 @@ class GroupCommit:
 
     def start(self) -> None:
         """Append every batch and FIN kept so far, and ask for their sync; `on_synced` answers
-        them once it has returned."""
+        them once it has returned. Waits first while MAX_GROUPS_IN_FLIGHT groups are."""
+        if not self.pending:
+            return
+        while len(self.in_flight) >= MAX_GROUPS_IN_FLIGHT:
+            self.storage.wait_synced(self.in_flight[0][0])
+            self.on_synced()
         staged = self._stage()
         if staged is not None:
             self.in_flight.append((self.storage.sync_later(), *staged))

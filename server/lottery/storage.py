@@ -191,6 +191,11 @@ class Storage:
         assert self._syncer is not None
         return self._syncer.request()
 
+    def wait_synced(self, ticket: int) -> None:
+        """Block until `ticket`'s sync has returned; SyncFailed if a sync failed."""
+        assert self._syncer is not None
+        self._syncer.wait(ticket)
+
     def synced(self) -> int:
         """The last ticket whose sync has returned; SyncFailed once one has failed."""
         assert self._syncer is not None
