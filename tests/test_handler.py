@@ -290,14 +290,20 @@ def answer_synced_groups(central: Central, session: Session) -> None:
         central.commit.on_synced()
 
 
+def a_group_syncing(central: Central, started: threading.Event) -> tuple[Session, AgencyBets]:
+    """Agency 1's first batch appended by a turn's end, its sync running in the thread (held)."""
+    session, bets = central.session(1), AgencyBets(1)
+    central.send(session, bets.batch([bet("1")]))
+    central.commit.start()
+    assert started.wait(10)
+    return session, bets
+
+
 def test_the_loop_reads_on_while_a_group_syncs_and_answers_it_only_once_synced(
     central: Central, held_sync: tuple[threading.Event, threading.Event]
 ) -> None:
     started, release = held_sync
-    session, bets = central.session(1), AgencyBets(1)
-    central.send(session, bets.batch([bet("1")]))
-    central.commit.start()  # appended; its sync runs in the thread
-    assert started.wait(10)
+    session, bets = a_group_syncing(central, started)
     central.send(session, bets.batch([bet("2")]))  # read and checked while the first group syncs
     central.commit.start()  # appended too; its sync follows
     central.commit.on_synced()  # nothing has returned yet
@@ -314,11 +320,11 @@ def test_a_turn_waits_while_the_most_groups_allowed_are_in_flight(
     """With the disk slow or hung, a worker holds at most MAX_GROUPS_IN_FLIGHT groups: the turn
     that would append one more waits for the oldest, as the loop did before the sync thread."""
     started, release = held_sync
-    session, bets = central.session(1), AgencyBets(1)
-    for number in range(1, MAX_GROUPS_IN_FLIGHT + 1):
+    session, bets = a_group_syncing(central, started)
+    for number in range(2, MAX_GROUPS_IN_FLIGHT + 1):
         central.send(session, bets.batch([bet(str(number))]))
         central.commit.start()
-    assert started.wait(10) and len(central.commit.in_flight) == MAX_GROUPS_IN_FLIGHT
+    assert len(central.commit.in_flight) == MAX_GROUPS_IN_FLIGHT
     central.send(session, bets.batch([bet(str(MAX_GROUPS_IN_FLIGHT + 1))]))
     turn = threading.Thread(target=central.commit.start)
     turn.start()
@@ -337,10 +343,7 @@ def test_an_answer_behind_a_group_in_flight_waits_for_its_sync(
 ) -> None:
     """An echo after a batch whose sync is running: `run` waits for it, the ACK goes first."""
     started, release = held_sync
-    session, bets = central.session(1), AgencyBets(1)
-    central.send(session, bets.batch([bet("1")]))
-    central.commit.start()
-    assert started.wait(10)
+    session, _ = a_group_syncing(central, started)
     releaser = threading.Timer(0.2, release.set)
     releaser.start()
     central.send(session, protocol.Echo(b"after"))  # returns only once the batch is durable
