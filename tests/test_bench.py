@@ -102,6 +102,24 @@ def test_a_floor_run_follows_each_run_and_is_set_against_it() -> None:
     assert all(float(value) > 0 for value in ratios.values())
 
 
+def test_a_per_bet_floor_run_stores_every_bet_and_is_set_against_the_run() -> None:
+    """--floor-bets: after each checked run, the same agencies against the bare per-bet central,
+    every agency exiting 0 and every bet stored once (the line's `bets:` is the count of lines it
+    stored, checked against the data set); then their medians and the ratios."""
+    result = subprocess.run([sys.executable, "tools/bench.py", "--agencies", "3", "--bets", "3000", "--floor-bets",
+                             "--runs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = re.findall(r"^(run|floor-bets) (\d): (?:bets: 3000 \| )?agencies: 3 \| (?:bets: 3000 \| )?"
+                       r"wall_seconds: ([0-9.]+) ", result.stdout, re.MULTILINE)
+    assert [(kind, run) for kind, run, _ in lines] == [("run", "1"), ("floor-bets", "1"), ("run", "2"),
+                                                        ("floor-bets", "2")], result.stdout
+    assert all(float(wall) > 0 for _, _, wall in lines)
+    ratios = dict(re.findall(r"(\w+): ([0-9.]+)", re.search(r"^ratio floor-bets/this, median of 2 runs: (.*)$",
+                                                             result.stdout, re.MULTILINE).group(1)))
+    assert set(ratios) == {"wall_seconds", "server_cpu_seconds", "agencies_cpu_seconds"}
+    assert all(float(value) > 0 for value in ratios.values())
+
+
 def test_the_bare_central_checks_identity_as_the_central_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A floor that skipped the central's identity check would be below the real floor: the bare
     central of a round of one agency echoes agency-1 and refuses agency-2, whose certificate the

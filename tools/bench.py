@@ -52,6 +52,12 @@ the mutual TLS 1.3 handshake, to measure what the design costs per agency whatev
 It prints a `floor N:` line per run and ends with their medians and the median of the ratios
 floor/this (with --vs, floor/other: the floor against the code compared with).
 
+With --floor-bets each run is followed by a per-bet floor run (tools/bench_floor_bets.py): the
+same agencies and data against a bare central that only checks each BET by the rules, stores its
+lines with one write and one fdatasync per loop turn, and searches them for winners: what the
+central must spend per bet whatever the rest of its code does. It prints a `floor-bets N:` line
+per run, then their medians and the ratios floor-bets/this (or /other).
+
 With --restart-batches N it measures a restart instead: N bets sent as N one-bet batches by
 --agencies agencies (batch.maxAmount 1; the journal is checkpointed as it grows), then the
 central is killed (SIGKILL, supervisor and workers) and started again on the same storage. It
@@ -71,6 +77,7 @@ import tempfile
 from pathlib import Path
 
 from bench_floor import build_floor, run_floor
+from bench_floor_bets import run_floor_bets
 from bench_profile import report
 from bench_run import ROOT, BenchError, build_side, measure_restart, prepare, run_once
 from bench_vs import compare, floor_summary, medians
@@ -101,6 +108,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="profile the central's processes (cProfile, CPU time) into DIR; print the top functions")
     parser.add_argument("--floor", action="store_true",
                         help="follow each run with a floor run: bare agencies and central, handshakes only")
+    parser.add_argument("--floor-bets", action="store_true",
+                        help="follow each run with a per-bet floor run: the agencies, and a bare central that "
+                             "only checks, stores, syncs and searches each bet")
     parser.add_argument("--pss-interval", type=float, default=PSS_INTERVAL, metavar="SECONDS",
                         help=f"sample the central's Pss every SECONDS during a run (default {PSS_INTERVAL}; "
                              "0: only at the launch and at the end)")
@@ -111,8 +121,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.vs = args.vs.resolve()
         if not (args.vs / "server" / "main.py").is_file() or not (args.vs / "client" / "go.mod").is_file():
             parser.error(f"--vs {args.vs}: not a checkout of the project (no server/main.py or client/go.mod)")
-    if args.floor and (args.sweep is not None or args.restart_batches):
-        parser.error("--floor goes with plain runs and --vs, not with --sweep or --restart-batches")
+    if (args.floor or args.floor_bets) and (args.sweep is not None or args.restart_batches):
+        parser.error("--floor and --floor-bets go with plain runs and --vs, not with --sweep or --restart-batches")
     if args.profile is not None and args.restart_batches:
         parser.error("--profile does not go with --restart-batches (a killed central writes no profile)")
     if args.runs is None:
@@ -168,15 +178,19 @@ def bench(args: argparse.Namespace, work: Path) -> None:
             measure_restart(args, side, work / "storage-1", run)
         return
     bare = build_floor(side) if args.floor else None
-    results, floors = [], []
+    results, floors, bets_floors = [], [], []
     for run in range(1, args.runs + 1):
         results.append(run_once(args, side, data, expected, run, profile=profile_dir(args, f"run-{run}")))
         if bare is not None:
             floors.append(run_floor(args, bare, run))
+        if args.floor_bets:
+            bets_floors.append(run_floor_bets(args, side, data, run))
     if args.runs > 1:
         print(f"median (range) of {args.runs} runs: " + medians(results))
     if floors:
         print(floor_summary(list(zip(floors, results, strict=True)), "this"))
+    if bets_floors:
+        print(floor_summary(list(zip(bets_floors, results, strict=True)), "this", "floor-bets"))
     if args.profile is not None:
         print(report(args.profile, str(ROOT)))
 

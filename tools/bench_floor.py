@@ -106,7 +106,9 @@ def serve(listener: socket.socket, context: ssl.SSLContext, agencies: int, agenc
                 step(key.fileobj, key.data, selector, agencies, agency_of)  # type: ignore[arg-type]
 
 
-def accept(listener: socket.socket, context: ssl.SSLContext, selector: selectors.BaseSelector) -> None:
+def accept(listener: socket.socket, context: ssl.SSLContext, selector: selectors.BaseSelector,
+           new_state: Any = lambda: {"authenticated": False}) -> None:
+    """Accept every waiting connection, each registered with its TLS socket and `new_state()`."""
     while True:
         try:
             sock, _ = listener.accept()
@@ -115,26 +117,35 @@ def accept(listener: socket.socket, context: ssl.SSLContext, selector: selectors
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        selector.register(conn, selectors.EVENT_READ, {"authenticated": False})
+        selector.register(conn, selectors.EVENT_READ, new_state())
+
+
+def handshake(conn: ssl.SSLSocket, state: Any, selector: selectors.BaseSelector, agencies: int,
+              agency_of: Any) -> int | None:
+    """One step of the TLS handshake without blocking; the agency once it is done and its
+    certificate names an agency of the round (ssl.SSLError if not), else None (wait)."""
+    try:
+        conn.do_handshake()
+    except ssl.SSLWantReadError:
+        selector.modify(conn, selectors.EVENT_READ, state)
+        return None
+    except ssl.SSLWantWriteError:
+        selector.modify(conn, selectors.EVENT_WRITE, state)
+        return None
+    agency: int | None = agency_of(conn.getpeercert())
+    if agency is None or not 1 <= agency <= agencies:
+        raise ssl.SSLError(f"not an agency of this round: {conn.getpeercert()}")
+    selector.modify(conn, selectors.EVENT_READ, state)
+    return agency
 
 
 def step(conn: ssl.SSLSocket, state: dict[str, bool], selector: selectors.BaseSelector, agencies: int,
          agency_of: Any) -> None:
     try:
         if not state["authenticated"]:
-            try:
-                conn.do_handshake()
-            except ssl.SSLWantReadError:
-                selector.modify(conn, selectors.EVENT_READ, state)
+            if handshake(conn, state, selector, agencies, agency_of) is None:
                 return
-            except ssl.SSLWantWriteError:
-                selector.modify(conn, selectors.EVENT_WRITE, state)
-                return
-            agency = agency_of(conn.getpeercert())
-            if agency is None or not 1 <= agency <= agencies:
-                raise ssl.SSLError(f"not an agency of this round: {conn.getpeercert()}")
             state["authenticated"] = True
-            selector.modify(conn, selectors.EVENT_READ, state)
         data = conn.recv(64)
         if data:
             conn.send(data)  # one byte into an empty send buffer: it cannot block

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_floor import build_floor, run_floor
+from bench_floor_bets import run_floor_bets
 from bench_profile import report
 from bench_run import ROOT, Figures, Side, build_side, prepare, run_once
 
@@ -79,13 +80,14 @@ def medians(results: list[Figures]) -> str:
                       for figure in figures(0) if figure.key in TIMES)
 
 
-def floor_summary(runs: list[tuple[Figures, Figures]], against: str) -> str:
+def floor_summary(runs: list[tuple[Figures, Figures]], against: str, floor: str = "floor") -> str:
     """Two lines: the floor runs' medians (ranges), and the median over the runs of the floor's
     figure over the real run's (`against`: this, or the other checkout with --vs) beside it:
-    `runs` pairs each floor run with its real run, as `ratio` takes a pair."""
+    `runs` pairs each floor run with its real run, as `ratio` takes a pair. `floor`: which floor
+    (`floor`, or `floor-bets` for the per-bet floor)."""
     ratios = " | ".join(f"{figure.key}: {ratio(runs, figure):.3f}" for figure in figures(0) if figure.key in TIMES)
-    return (f"median (range) of {len(runs)} floor runs: {medians([floor for floor, _ in runs])}\n"
-            f"ratio floor/{against}, median of {len(runs)} runs: {ratios}")
+    return (f"median (range) of {len(runs)} {floor} runs: {medians([run for run, _ in runs])}\n"
+            f"ratio {floor}/{against}, median of {len(runs)} runs: {ratios}")
 
 
 def table(args: argparse.Namespace, sides: tuple[Side, Side], pairs: list[tuple[Figures, Figures]]) -> str:
@@ -111,7 +113,7 @@ def compare(args: argparse.Namespace, work: Path) -> None:
              build_side("other", args.vs, work / "other", args.agencies))
     print(f"vs: this: {ROOT} ({sides[0].label}) | other: {args.vs} ({sides[1].label})", flush=True)
     bare = build_floor(sides[0]) if args.floor else None
-    pairs, floors = [], []
+    pairs, floors, bets_floors = [], [], []
     for run in range(1, args.runs + 1):
         results = [run_once(args, side, data, expected, run, tag=f"side: {side.name} | ",
                             profile=None if args.profile is None else args.profile / side.name / f"run-{run}")
@@ -119,6 +121,8 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         pairs.append((results[0], results[1]))
         if bare is not None:
             floors.append(run_floor(args, bare, run))
+        if args.floor_bets:
+            bets_floors.append(run_floor_bets(args, sides[0], data, run))
     rows = figures(args.bets)
     for index, side in enumerate(sides):
         values = " | ".join(f"{figure.key}: {spread([figure.value(p[index]) for p in pairs], figure.decimals)}"
@@ -128,6 +132,9 @@ def compare(args: argparse.Namespace, work: Path) -> None:
           + " | ".join(f"{figure.key}: {ratio(pairs, figure):.3f}" for figure in rows))
     if floors:
         print(floor_summary([(floor, pair[1]) for floor, pair in zip(floors, pairs, strict=True)], "other"))
+    if bets_floors:
+        print(floor_summary([(floor, pair[1]) for floor, pair in zip(bets_floors, pairs, strict=True)], "other",
+                            "floor-bets"))
     print()
     print(table(args, sides, pairs))
     if args.profile is not None:
