@@ -84,7 +84,7 @@ test-python: ## Python tests: unit, integration with real processes, Docker end 
 
 test: check-docker lint test-go test-python ## Every check: lint, then every test, the Docker ones included (fails if Docker is missing)
 
-bench: ## Benchmark: server + N Go agencies as processes (BENCH_ARGS="--agencies 50 --bets 1000000", "--vs /tmp/base", "--floor", "--restart-batches 3000000")
+bench: ## Benchmark: server + N Go agencies as processes (BENCH_ARGS="--agencies 50 --bets 1000000", "--vs /tmp/base", "--floor", "--floor-bets", "--restart-batches 3000000")
 	$(PYTHON) tools/bench.py $(BENCH_ARGS)
 
 chaos: ## Fault injection (python3 tools/chaos), 20 runs per fault (CHAOS_ARGS="--faults agency_kill --seed 7")
