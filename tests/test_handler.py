@@ -286,7 +286,7 @@ def answer_synced_groups(central: Central, session: Session) -> None:
     """What the worker's loop does when the sync thread's eventfd turns readable, until `session`
     has every answer."""
     while session.pending:
-        assert select.select([central.storage.sync_fileno()], [], [], 10)[0], "no sync returned"
+        assert select.select([central.storage.syncer], [], [], 10)[0], "no sync returned"
         central.commit.on_synced()
 
 
@@ -362,7 +362,7 @@ def test_a_failed_sync_in_the_thread_answers_nothing_it_covered(
     session, bets = central.session(1), AgencyBets(1)
     central.send(session, bets.batch([bet("1")]))
     central.commit.start()
-    assert select.select([central.storage.sync_fileno()], [], [], 10)[0]
+    assert select.select([central.storage.syncer], [], [], 10)[0]
     with pytest.raises(SyncFailed, match="Input/output error"):
         central.commit.on_synced()  # the worker's loop ends on it: fail-stop
     with pytest.raises(SyncFailed):

@@ -189,7 +189,7 @@ def test_a_worker_follows_a_checkpoint_only_once_its_running_sync_has_returned(
     monkeypatch.setattr(storage_module, "sync", held_in_the_thread)
     one = AgencyBets(1)
     worker.stage([one.batch([bet("1")])])
-    ticket = worker.sync_later()
+    ticket = worker.syncer.request()
     assert started.wait(10)
     assert supervisor.try_compact() is not None  # the journal is a new file now
     staged: list[list[Outcome | FinOutcome]] = []
@@ -201,7 +201,7 @@ def test_a_worker_follows_a_checkpoint_only_once_its_running_sync_has_returned(
     follower.join(10)
     assert staged == [[Outcome.STORED]]
     worker.sync()
-    assert worker.synced() >= ticket
+    assert worker.syncer.done() >= ticket
     worker.close()
     supervisor.close()
     again = Storage(tmp_path)

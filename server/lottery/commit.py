@@ -63,16 +63,16 @@ class GroupCommit:
         if not self.pending:
             return
         while len(self.in_flight) >= MAX_GROUPS_IN_FLIGHT:
-            self.storage.wait_synced(self.in_flight[0][0])
+            self.storage.syncer.wait(self.in_flight[0][0])
             self.on_synced()
         staged = self._stage()
         if staged is not None:
-            self.in_flight.append((self.storage.sync_later(), *staged))
+            self.in_flight.append((self.storage.syncer.request(), *staged))
 
     def on_synced(self) -> None:
         """Answer every group whose sync has returned. Raises SyncFailed if one failed: nothing
         it covered is ever answered (fail-stop)."""
-        done = self.storage.synced()
+        done = self.storage.syncer.done()
         while self.in_flight and self.in_flight[0][0] <= done:
             _, pending, verdicts = self.in_flight.popleft()
             self._answer_all(pending, verdicts)

@@ -29,7 +29,7 @@ class StorageHealth:
         self.directory = directory
         self.board = board
         self.worker = worker
-        self.sync_running_for = sync_running_for  # Storage.sync_running_for
+        self.sync_running_for = sync_running_for  # Syncer.running_for
 
     def problem(self) -> str | None:
         """Why the central cannot store now, or None if it can."""

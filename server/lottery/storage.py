@@ -13,8 +13,9 @@ Rules, each relied upon elsewhere:
   after `sync`, whatever the outcome they report, so an ACK, a duplicate ACK, a FIN_ACK, a
   DUPLICATE_FIN or a RESUME always states a fact on disk. One sync covers every process's earlier
   appends (group commit); it runs outside the lock. A worker's storage syncs in a thread of its
-  own (syncer.py): `stage` appends without waiting, `sync_later` asks for the sync and `synced`
-  says which have returned, so the worker answers a staged group only once its ticket is done.
+  own (syncer.py): `stage` appends without waiting, `syncer.request` asks for the sync and
+  `syncer.done` says which have returned, so the worker answers a staged group only once its
+  ticket is done.
 - **Exactly once, whatever the batching.** An agency's bets are stored in position order with no
   gap or overlap, each batch on top of exactly the bets its ``chain`` names; the per-agency state
   is (bets stored, their chain, the first position of the last batch), O(1) whatever the bets.
@@ -185,30 +186,13 @@ class Storage:
         else:
             self._sync_files()
 
-    def sync_later(self) -> int:
-        """Ask the sync thread to make every append so far durable; returns the ticket that
-        `synced` reports once it is. Only with `background_sync`."""
+    @property
+    def syncer(self) -> Syncer:
+        """The sync thread (only with `background_sync`): its tickets, its eventfd, its running
+        sync's age. The storage keeps the files: it waits for the thread before it changes a
+        descriptor."""
         assert self._syncer is not None
-        return self._syncer.request()
-
-    def wait_synced(self, ticket: int) -> None:
-        """Block until `ticket`'s sync has returned; SyncFailed if a sync failed."""
-        assert self._syncer is not None
-        self._syncer.wait(ticket)
-
-    def synced(self) -> int:
-        """The last ticket whose sync has returned; SyncFailed once one has failed."""
-        assert self._syncer is not None
-        return self._syncer.done()
-
-    def sync_fileno(self) -> int:
-        """A descriptor that turns readable when a sync of the thread returns."""
-        assert self._syncer is not None
-        return self._syncer.fileno()
-
-    def sync_running_for(self) -> float:
-        """Seconds the sync thread's running sync has taken so far (0.0: none runs, or no thread)."""
-        return self._syncer.running_for() if self._syncer is not None else 0.0
+        return self._syncer
 
     def _sync_idle(self) -> None:
         if self._syncer is not None:
@@ -262,7 +246,7 @@ class Storage:
         `live(i)`, asked under the lock, says whether request i's connection is still its
         agency's live session; a request whose connection is gone is not stored (ABANDONED).
         No verdict may be answered before a sync that started after this call returned (`sync`,
-        or `sync_later` and `synced`); then STORED and DUPLICATE with ACK, RECORDED with FIN_ACK,
+        or the `syncer`'s `request` and `done`); then STORED and DUPLICATE with ACK, RECORDED with FIN_ACK,
         the others with their ERROR (each states a fact on disk). Raises WriteFailed (nothing
         stored)."""
         verdicts: list[Verdict] = []

@@ -59,7 +59,7 @@ class Worker:
         self.connections = ConnectionTable(self.selector, config, self._nudge)
         self.admission = Admission(index, listeners, config, tls, board, self.connections)
         self.commit = GroupCommit(self.storage, board, self.connections, index, self._nudge)
-        health = StorageHealth(config.storage_dir, board, index, self.storage.sync_running_for)
+        health = StorageHealth(config.storage_dir, board, index, self.storage.syncer.running_for)
         self.handler = Handler(
             self.storage, self.commit, self.connections, lambda: self.winners, health.problem, index
         )  # fmt: skip
@@ -72,7 +72,7 @@ class Worker:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.selector.register(self.wakeup, selectors.EVENT_READ, lambda mask: self.wakeup.drain())
         self.selector.register(self.channel, selectors.EVENT_READ, self._on_channel)
-        self.selector.register(self.storage.sync_fileno(), selectors.EVENT_READ, lambda mask: self.commit.on_synced())
+        self.selector.register(self.storage.syncer, selectors.EVENT_READ, lambda mask: self.commit.on_synced())
         try:
             self._check_draw()
             self.admission.update_accepting()
