@@ -27,11 +27,12 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench_launch import spawn_all, wait_all
+from bench_launch import Exits, Launch, spawn_all, wait_all
 from bench_run import GO_BUILD, GO_ENV, BenchError, Figures, Side, agency_launches
 from processes import children, cpu_seconds, free_port, kill_and_wait
 
@@ -55,31 +56,11 @@ def build_floor(side: Side) -> Side:
 
 def run_floor(args: argparse.Namespace, bare: Side, run: int, *, tag: str = "") -> Figures:
     """args.agencies bare agencies against the bare central; checked, printed as `floor N: ...`."""
-    port = free_port()
-    workers = args.workers or os.cpu_count() or 1
-    command = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--workers", str(workers),
-               "--agencies", str(args.agencies), "--secrets", str(bare.secrets), "--server-dir",
-               str(bare.server_dir)]
-    central = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert central.stdout is not None
-        ready, _, _ = select.select([central.stdout], [], [], 10)
-        if not ready or central.stdout.readline().strip() != READY:
-            raise BenchError(f"floor {run}: the bare central did not start")
-        # The agency's own environment and image settings; a bare agency reads only its server
-        # address and credentials (CLI_SERVER_ADDRESS, CLI_TLS_*), so it is given no data set.
-        launches = agency_launches(args, bare, Path("/nonexistent"), port, run)
-        started = time.monotonic()
-        exits = wait_all(spawn_all(launches), 600, error=BenchError)
-        wall = exits.last - started
-        server_cpu = sum(cpu_seconds(pid) for pid in [central.pid, *children(central.pid)])
-    finally:
-        central.terminate()
-        try:
-            central.wait(10)
-        except subprocess.TimeoutExpired:
-            kill_and_wait([central.pid, *children(central.pid)], 10)
-            central.wait()
+    # The agency's own environment and image settings; a bare agency reads only its server
+    # address and credentials (CLI_SERVER_ADDRESS, CLI_TLS_*), so it is given no data set.
+    exits, launches, wall, server_cpu = run_against_bare_central(
+        args, bare, Path(__file__), [], lambda port: agency_launches(args, bare, Path("/nonexistent"), port, run),
+        READY, f"floor {run}")
     failed = [f"agency {a}: exit {code}\n{launch.log.read_text(errors='replace')[-400:]}"
               for a, (code, launch) in enumerate(zip(exits.codes, launches, strict=True), start=1) if code != 0]
     if failed:
@@ -88,6 +69,38 @@ def run_floor(args: argparse.Namespace, bare: Side, run: int, *, tag: str = "") 
     print(f"floor {run}: {tag}agencies: {args.agencies} | wall_seconds: {wall:.3f} | "
           f"server_cpu_seconds: {server_cpu:.2f} | agencies_cpu_seconds: {exits.cpu:.2f}", flush=True)
     return Figures(wall, server_cpu, exits.cpu, 0.0)
+
+
+def run_against_bare_central(args: argparse.Namespace, side: Side, script: Path, options: list[str],
+                             launches_at: Callable[[int], list[Launch]], ready: str,
+                             what: str) -> tuple[Exits, list[Launch], float, float]:
+    """Start the bare central `script` (bare_central below, with `options` beside the common
+    ones) for `side`, launch `launches_at(port)` once it prints `ready`, and stop it once they
+    have exited: their exits, the launches, the wall time from the first launch to the last exit,
+    and the bare central's CPU."""
+    port = free_port()
+    workers = args.workers or os.cpu_count() or 1
+    command = [sys.executable, str(script.resolve()), "--port", str(port), "--workers", str(workers),
+               "--agencies", str(args.agencies), "--secrets", str(side.secrets), "--server-dir",
+               str(side.server_dir), *options]
+    central = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert central.stdout is not None
+        started_up, _, _ = select.select([central.stdout], [], [], 10)
+        if not started_up or central.stdout.readline().strip() != ready:
+            raise BenchError(f"{what}: the bare central did not start")
+        launches = launches_at(port)
+        started = time.monotonic()
+        exits = wait_all(spawn_all(launches), 600, error=BenchError)
+        server_cpu = sum(cpu_seconds(pid) for pid in [central.pid, *children(central.pid)])
+    finally:
+        central.terminate()
+        try:
+            central.wait(10)
+        except subprocess.TimeoutExpired:
+            kill_and_wait([central.pid, *children(central.pid)], 10)
+            central.wait()
+    return exits, launches, exits.last - started, server_cpu
 
 
 # --- the bare central -----------------------------------------------------------------------------
@@ -158,13 +171,21 @@ def step(conn: ssl.SSLSocket, state: dict[str, bool], selector: selectors.BaseSe
     conn.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="The bare central of tools/bench.py --floor.")
+def bare_central(description: str, ready: str,
+                 prepare: Callable[[argparse.Namespace, socket.socket, ssl.SSLContext, Any], Callable[[], None]],
+                 options: Callable[[argparse.ArgumentParser], None] = lambda parser: None) -> int:
+    """A bare central's process: its arguments (`options` adds its own), the side's TLS context
+    and identity (its server/lottery/transport.py), the listening socket, the workers forked on it,
+    the line `ready` once they are, and their stop on SIGTERM. `prepare(args, listener, context,
+    transport)` runs before the fork (imports belong there, paid once) and returns what each
+    worker runs until it is killed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--agencies", type=int, required=True)
     parser.add_argument("--secrets", type=Path, required=True)
     parser.add_argument("--server-dir", type=Path, required=True)
+    options(parser)
     args = parser.parse_args()
     sys.path.insert(0, str(args.server_dir))
     from lottery import transport  # the side's own TLS context and identity
@@ -175,6 +196,7 @@ def main() -> int:
                                        args.secrets / "server-key.pem")
     listener = socket.create_server(("127.0.0.1", args.port), backlog=max(1024, args.agencies))
     listener.setblocking(False)
+    work = prepare(args, listener, context, transport)
     stops = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # for sigwait below
     workers = []
@@ -183,16 +205,22 @@ def main() -> int:
         if pid == 0:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             try:
-                serve(listener, context, args.agencies, transport.agency_of)
+                work()
             finally:
                 os._exit(1)
         workers.append(pid)
-    print(READY, flush=True)
+    print(ready, flush=True)
     signal.sigwait(stops)
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     return 0
+
+
+def main() -> int:
+    return bare_central("The bare central of tools/bench.py --floor.", READY,
+                        lambda args, listener, context, transport:
+                        lambda: serve(listener, context, args.agencies, transport.agency_of))
 
 
 if __name__ == "__main__":

@@ -25,23 +25,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import select
 import selectors
-import signal
 import socket
 import ssl
-import subprocess
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench_floor import accept, handshake
-from bench_launch import spawn_all, wait_all
+from bench_floor import accept, bare_central, handshake, run_against_bare_central
 from bench_run import BenchError, Figures, Side, agency_launches
-from processes import children, cpu_seconds, free_port, kill_and_wait
 
 READY = "floor-bets: listening"
 READ_SIZE = 1 << 18  # what the central reads from a connection at once (READ_PER_TURN)
@@ -50,32 +44,13 @@ READ_SIZE = 1 << 18  # what the central reads from a connection at once (READ_PE
 def run_floor_bets(args: argparse.Namespace, side: Side, data: Path, run: int) -> Figures:
     """The side's real agencies against the bare per-bet central; every agency must exit 0 and
     every bet be stored once. Printed as `floor-bets N: ...`."""
-    port = free_port()
-    workers = args.workers or os.cpu_count() or 1
     stored = side.work / f"floor-bets-{run}"
     stored.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--workers", str(workers),
-               "--agencies", str(args.agencies), "--secrets", str(side.secrets), "--server-dir",
-               str(side.server_dir), "--storage", str(stored)]
-    central = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert central.stdout is not None
-        ready, _, _ = select.select([central.stdout], [], [], 10)
-        if not ready or central.stdout.readline().strip() != READY:
-            raise BenchError(f"floor-bets {run}: the bare central did not start")
-        launches = [replace(launch, log=launch.log.with_name(f"floor-bets-{launch.log.name}"))
-                    for launch in agency_launches(args, side, data, port, run)]
-        started = time.monotonic()
-        exits = wait_all(spawn_all(launches), 600, error=BenchError)
-        wall = exits.last - started
-        server_cpu = sum(cpu_seconds(pid) for pid in [central.pid, *children(central.pid)])
-    finally:
-        central.terminate()
-        try:
-            central.wait(10)
-        except subprocess.TimeoutExpired:
-            kill_and_wait([central.pid, *children(central.pid)], 10)
-            central.wait()
+    exits, _, wall, server_cpu = run_against_bare_central(
+        args, side, Path(__file__), ["--storage", str(stored)],
+        lambda port: [replace(launch, log=launch.log.with_name(f"floor-bets-{launch.log.name}"))
+                      for launch in agency_launches(args, side, data, port, run)],
+        READY, f"floor-bets {run}")
     failed = [a for a, code in enumerate(exits.codes, start=1) if code != 0]
     if failed:
         raise BenchError(f"floor-bets {run}: agencies {failed} failed (logs in {side.work})")
@@ -178,44 +153,19 @@ class Worker:
                 raise OSError(f"not in a per-bet floor run: {message}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="The bare per-bet central of tools/bench.py --floor-bets.")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int, required=True)
-    parser.add_argument("--agencies", type=int, required=True)
-    parser.add_argument("--secrets", type=Path, required=True)
-    parser.add_argument("--server-dir", type=Path, required=True)
-    parser.add_argument("--storage", type=Path, required=True)
-    args = parser.parse_args()
-    sys.path.insert(0, str(args.server_dir))
-    from lottery import draw, protocol, transport  # the side's own modules
+def prepare(args: argparse.Namespace, listener: socket.socket, context: ssl.SSLContext,
+            transport: Any) -> Callable[[], None]:
+    """The side's own modules, imported once before the fork; each worker then serves."""
+    from lottery import draw, protocol
     from lottery.storage import csv_lines
 
     server = argparse.Namespace(protocol=protocol, csv_lines=csv_lines, winning_number=draw.WINNING_NUMBER)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    context = transport.server_context(args.secrets / "ca.pem", args.secrets / "server.pem",
-                                       args.secrets / "server-key.pem")
-    listener = socket.create_server(("127.0.0.1", args.port), backlog=max(1024, args.agencies))
-    listener.setblocking(False)
-    stops = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # for sigwait below
-    workers = []
-    for _ in range(args.workers):
-        pid = os.fork()
-        if pid == 0:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-            try:
-                Worker(listener, context, args.agencies, transport.agency_of, args.storage, server).serve()
-            finally:
-                os._exit(1)
-        workers.append(pid)
-    print(READY, flush=True)
-    signal.sigwait(stops)
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    return 0
+    return lambda: Worker(listener, context, args.agencies, transport.agency_of, args.storage, server).serve()
+
+
+def main() -> int:
+    return bare_central("The bare per-bet central of tools/bench.py --floor-bets.", READY, prepare,
+                        lambda parser: parser.add_argument("--storage", type=Path, required=True))
 
 
 if __name__ == "__main__":
