@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // plainAgrees fails t unless CheckPlainLine and AppendBetLine agree on line (no '"', no '\n').
@@ -89,7 +90,7 @@ func TestCheckPlainLineVectors(t *testing.T) {
 // must agree on each line.
 func TestValidPlainLineEveryPlace(t *testing.T) {
 	specials := []string{",", "\"", "\x00", "\x1f", " ", "\x7f", "\x80", "\xc2", "\xff", "é", "\u0085", "\u009f", "\u00a0",
-		"\xe2\x82", "€", "\U0001F600", "-", "0", "9", "a"}
+		"\xe2\x82", "€", "\U0001F600", "-", "0", "9", "a", "ß", "\u07ff", "\xc3", "\xa9", "\xc3\xc3", "\xc0\x80", "\xc1\xbf"}
 	checked := 0
 	for length := 17; length <= 80; length++ {
 		// "a...,b,1,1990-01-01,1" with the first name long enough for the length
@@ -165,7 +166,7 @@ func TestPlainDateIsValidDate(t *testing.T) {
 // every rule's edges, on every run (FuzzCheckPlainLine explores further when fuzzing).
 func TestCheckPlainLineRandom(t *testing.T) {
 	pieces := []string{"", "a", "Ñ", ",", ",,", ";", "'", " ", "\t", "\r", "\x00", "\x7f", "\u0085", "\u00a0",
-		"\xc2", "\xff", "\xe2\x80", "\U0001F600", "\uFFFD", "0", "9", "-", "1990-01-01", "2001-02-29", "2000-02-29", "12345678901", strings.Repeat("b", 99)}
+		"\xc2", "\xff", "\xe2\x80", "\U0001F600", "\uFFFD", "é", "ß", "\u07ff", "\xc3", "\xa9", "\xc0\x80", "0", "9", "-", "1990-01-01", "2001-02-29", "2000-02-29", "12345678901", strings.Repeat("b", 99)}
 	rng := rand.New(rand.NewPCG(7574, 2))
 	for range 200_000 {
 		var b strings.Builder
@@ -173,6 +174,49 @@ func TestCheckPlainLineRandom(t *testing.T) {
 			b.WriteString(pieces[rng.IntN(len(pieces))])
 		}
 		plainAgrees(t, []byte(b.String()))
+	}
+}
+
+// TestTwoByteUTF8 holds the word-at-a-time UTF-8 check to the rules it stands for: when it
+// settles a line, every byte past ASCII in line[:n] has a lead 0xC3..0xDF, and valid says
+// whether line[:n] is valid UTF-8; when it does not, some lead is another. Regions of 1 to 40
+// bytes (so that sequences fall astride every word boundary), followed by eight digits: ASCII
+// and whole letters up to U+07FF, and one piece in twelve a lone byte past ASCII near an edge
+// (a continuation, or a lead of each kind).
+func TestTwoByteUTF8(t *testing.T) {
+	whole := []string{"a", "Z", ",", "0", " ", "\x7f", "é", "Ñ", "ß", "\u00c0", "\u00ff", "\u0100", "\u07ff"}
+	edges := []byte{0x80, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xC3, 0xC4, 0xDF, 0xE0, 0xE2, 0xEF, 0xF0, 0xF4, 0xFF}
+	rng := rand.New(rand.NewPCG(7574, 8))
+	settledValid, settledInvalid := 0, 0
+	for range 300_000 {
+		var region []byte
+		for size := 1 + rng.IntN(40); len(region) < size; {
+			if rng.IntN(12) == 0 {
+				region = append(region, edges[rng.IntN(len(edges))]) // a lone byte past ASCII
+			} else {
+				region = append(region, whole[rng.IntN(len(whole))]...)
+			}
+		}
+		line := append(append([]byte{}, region...), "12345678"...)
+		valid, settled := twoByteUTF8(line, len(region))
+		otherLead := false
+		for _, c := range region {
+			otherLead = otherLead || c >= 0xC0 && (c < 0xC3 || c > 0xDF)
+		}
+		if settled == otherLead {
+			t.Fatalf("%q: settled %v, but a lead other than 0xC3..0xDF: %v", region, settled, otherLead)
+		}
+		if settled && valid != utf8.Valid(region) {
+			t.Fatalf("%q: valid %v, utf8.Valid %v", region, valid, utf8.Valid(region))
+		}
+		if settled && valid {
+			settledValid++
+		} else if settled {
+			settledInvalid++
+		}
+	}
+	if settledValid < 10_000 || settledInvalid < 10_000 {
+		t.Fatalf("settled %d valid and %d invalid regions: too few to tell", settledValid, settledInvalid)
 	}
 }
 
@@ -252,6 +296,30 @@ func TestValidPlainLineRefusesQuotes(t *testing.T) {
 
 // benchAccented is a line like those of the benchmark's data set: accented names.
 var benchAccented = []byte("Andrés,Báez,11816490,1989-11-08,8418")
+
+// BenchmarkValidPlainLineMixed is ValidPlainLine on 8,192 lines like the data set's, in a
+// random order: names drawn from lists (most with an accented letter), documents, dates and
+// numbers drawn too. A line repeated (BenchmarkValidPlainLine) lets the CPU learn its
+// branches; these do not, as in a real run.
+func BenchmarkValidPlainLineMixed(b *testing.B) {
+	firsts := []string{"José", "María", "Juan", "Martín", "Lucía", "Santiago", "Agustín", "Camila", "Iñigo", "Ana",
+		"Ramón", "Álvaro", "Milagros Guadalupe", "Sofía", "Valentina", "Mateo", "Benjamín", "Joaquín", "Tomás", "Emma"}
+	lasts := []string{"Núñez", "Peña", "González", "Sosa", "Álvarez", "Flores", "Muñoz", "Núñez del Prado", "Báez",
+		"Torres", "Molina", "Ledesma", "Rodríguez", "Pérez", "Gómez", "Díaz", "Romero", "Ruiz"}
+	rng := rand.New(rand.NewPCG(1, 2))
+	lines := make([][]byte, 8192)
+	for i := range lines {
+		lines[i] = fmt.Appendf(nil, "%s,%s,%d,%d-%02d-%02d,%d", firsts[rng.IntN(len(firsts))], lasts[rng.IntN(len(lasts))],
+			11_000_000+rng.IntN(30_000_000), 1940+rng.IntN(66), 1+rng.IntN(12), 1+rng.IntN(28), rng.IntN(10_000))
+	}
+	i := 0
+	for b.Loop() {
+		if !ValidPlainLine(lines[i%len(lines)]) {
+			b.Fatal("invalid")
+		}
+		i++
+	}
+}
 
 func BenchmarkValidPlainLine(b *testing.B) {
 	for _, line := range [][]byte{benchLine, benchAccented} {
