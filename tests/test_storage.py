@@ -14,7 +14,7 @@ from conftest import AgencyBets, batch, bet, chain_of, csv_rows, open_storage, r
 from lottery import draw, files, recovery, storage as storage_module
 from lottery.board import Board
 from lottery.durable import StorageError
-from lottery.journal import AgencyState, JournalRecord, JournalView
+from lottery.journal import AgencyState, JournalRecord, JournalView, OlderJournal
 from lottery.protocol import Bet, Fin
 from lottery.storage import FinOutcome, Outcome, Storage, Verdict
 
@@ -219,6 +219,7 @@ def outcomes_of(verdicts: list[Verdict]) -> list[Outcome | FinOutcome]:
         ("bets_past_journal", 2),
         ("bets_short_of_journal", 1),
         ("bets_flipped_byte", 1),
+        ("bets_other_agency_id", 1),
     ],
 )
 def test_recovery_keeps_the_longest_valid_prefix(tmp_path: Path, damage: str, kept_batches: int) -> None:
@@ -236,6 +237,10 @@ def test_recovery_keeps_the_longest_valid_prefix(tmp_path: Path, damage: str, ke
             bets.write(b"1,Half,Writ")
     elif damage == "bets_short_of_journal":
         os.truncate(bets_path, bets_path.stat().st_size - 3)
+    elif damage == "bets_other_agency_id":  # the same length and bet lines, another agency's id
+        data = bets_path.read_bytes()
+        last = data.rindex(b"\n1,") + 1  # the last line, bet 3: in the second batch
+        bets_path.write_bytes(data[:last] + b"7," + data[last + 2 :])
     else:
         data = bytearray(bets_path.read_bytes())
         data[-5] ^= 0x01
@@ -253,6 +258,23 @@ def test_recovery_keeps_the_longest_valid_prefix(tmp_path: Path, damage: str, ke
     expected = Outcome.STORED if kept_batches == 1 else Outcome.DUPLICATE
     assert outcomes(store, [second]) == [expected]
     assert csv_rows(tmp_path) == [row(1, bet("1")), row(1, bet("2")), row(1, bet("3"))]
+
+
+def test_recovery_refuses_a_journal_of_the_older_format_and_cuts_nothing(tmp_path: Path) -> None:
+    """A batch line with a CRC before its chain (the format before 2026-12-05) is not damage: the
+    central refuses to start on it, and neither file loses a byte."""
+    store = open_storage(tmp_path, AGENCIES)
+    store.store_batches([AgencyBets(1).batch([bet("1")])])
+    store.close()
+    journal_path = tmp_path / files.JOURNAL_FILE
+    *head, last = journal_path.read_bytes().splitlines(keepends=True)
+    fields = last.split()
+    older = b" ".join([*fields[:5], b"%08x" % zlib.crc32((tmp_path / files.BETS_FILE).read_bytes()), fields[5]]) + b"\n"
+    journal_path.write_bytes(b"".join(head) + older + older.replace(b"batch 1 1 1", b"batch 1 2 1"))
+    before = {name: (tmp_path / name).read_bytes() for name in (files.JOURNAL_FILE, files.BETS_FILE)}
+    with pytest.raises(OlderJournal, match="older version"):
+        recovery.recover(tmp_path, AGENCIES)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 def test_a_dead_writers_leftovers_are_cut_by_the_next_writer(tmp_path: Path) -> None:
@@ -319,16 +341,34 @@ def _agency_lines(directory: Path, agency: int) -> list[bytes]:
             if line.startswith(prefix)]
 
 
-def test_journal_crc_covers_the_batch_bytes_and_the_chain_its_bets(tmp_path: Path) -> None:
+def test_a_batch_line_holds_the_chain_of_its_bets_which_vouches_for_their_bytes(tmp_path: Path) -> None:
     store = open_storage(tmp_path, AGENCIES)
     agency = AgencyBets(7)
     store.store_batches([agency.batch([bet("70", first="Pérez, Juan"), bet("71")])])
     line = (tmp_path / files.JOURNAL_FILE).read_text().splitlines()[-1].split()
     data = (tmp_path / files.BETS_FILE).read_bytes()
-    assert line[:5] == ["batch", "7", "1", "2", str(len(data))]
-    assert int(line[5], 16) == zlib.crc32(data)
-    assert int(line[6], 16) == agency.chain == zlib.crc32(b"".join(_agency_lines(tmp_path, 7)))
+    assert line[:5] == ["batch", "7", "1", "2", str(len(data))] and len(line) == 6
+    assert int(line[5], 16) == agency.chain == zlib.crc32(b"".join(_agency_lines(tmp_path, 7)))
     assert data == '7,"Pérez, Juan",López,70,1990-01-01,1\n7,Ana,López,71,1990-01-01,1\n'.encode()
+    assert files.bet_lines(7, data) == b"".join(_agency_lines(tmp_path, 7))
+
+
+@pytest.mark.parametrize("agency", [1, 7, 12, 4294967295])
+def test_bets_csv_lines_and_back(agency: int) -> None:
+    """csv_parts joined is csv_lines, the agency id before each bet line; bet_lines takes them
+    back, and refuses bytes where a line does not start with that id or the last does not end."""
+    lines = '"Pérez, Juan",López,70,1990-01-01,1\nAna,B,71,1990-01-01,7574\n1,1,1,2000-02-29,1\n'.encode()
+    prefix = b"%d," % agency
+    data = files.csv_lines(agency, lines)
+    assert data == b"".join(prefix + line + b"\n" for line in lines.split(b"\n")[:-1])
+    assert b"".join(files.csv_parts(agency, lines)) == data
+    assert files.bet_lines(agency, data) == lines
+    one = lines[: lines.index(b"\n") + 1]
+    assert files.bet_lines(agency, files.csv_lines(agency, one)) == one
+    other = b"%d," % (agency + 1)
+    for damaged in (data[:-1], data[1:], other + data[len(prefix) :], data.replace(b"\n" + prefix, b"\n" + other, 1),
+                    data.replace(b"\n" + prefix, b"\n", 1), b""):
+        assert files.bet_lines(agency, damaged) is None, damaged
 
 
 def _written_otherwise(line: bytes, rng: random.Random) -> bytes:
@@ -341,7 +381,7 @@ def _written_otherwise(line: bytes, rng: random.Random) -> bytes:
     elif which == 1:
         fields[3] = b"+" + fields[3]
     else:
-        fields[6] = fields[6].upper() if fields[6].upper() != fields[6] else b"0" + fields[6]
+        fields[5] = fields[5].upper() if fields[5].upper() != fields[5] else b"0" + fields[5]
     return b" ".join(fields) + b"\n"
 
 
@@ -364,8 +404,7 @@ def test_the_fold_of_batch_lines_is_the_fold_of_their_records(monkeypatch: pytes
         if rng.random() < 0.05:
             lines.append(JournalRecord("fin", (agency, rng.randint(0, 99), rng.getrandbits(32))).encode())
         else:
-            values = (agency, rng.randint(1, 10**6), rng.randint(1, 200), rng.randint(0, 10**9), rng.getrandbits(32),
-                      rng.getrandbits(32))
+            values = (agency, rng.randint(1, 10**6), rng.randint(1, 200), rng.randint(0, 10**9), rng.getrandbits(32))
             line = JournalRecord("batch", values).encode()
             lines.append(_written_otherwise(line, rng) if rng.random() < 0.05 else line)
     data = b"".join(lines) + b"batch 1 2"  # and a torn last line, left for the next fold
@@ -387,13 +426,15 @@ def test_the_fold_of_batch_lines_is_the_fold_of_their_records(monkeypatch: pytes
             position += step
             carry = chunk[pieces.fold(chunk) :]
         assert pieces == slow and carry == b"batch 1 2"
-    for damaged in (b"batch 1 2 3 4 5\n", b"batch 1 2 3 4 5 6 7\n", b"batch 1 -2 3 4 00000005 00000006\n",
-                    b"batch 1 2 3 4 -0000005 00000006\n", b"batch 1 2 3 4 0000000g 00000006\n", b"batch x 2 3 4 5 6\n",
-                    b"batc 1 2 3 4 5 6\n"):
+    for damaged in (b"batch 1 2 3 4\n", b"batch 1 2 3 4 5 6 7\n", b"batch 1 -2 3 4 00000005\n",
+                    b"batch 1 2 3 4 -0000005\n", b"batch 1 2 3 4 0000000g\n", b"batch x 2 3 4 5\n",
+                    b"batc 1 2 3 4 5\n", b"batch 1 2 3 4 00000005 00000006\n"):
         with pytest.raises(StorageError):
             JournalView().fold(damaged)
         with pytest.raises(StorageError):
             JournalRecord.parse(damaged[:-1])
+    with pytest.raises(OlderJournal):  # a batch line with a CRC: the format before 2026-12-05
+        JournalView().fold(b"batch 1 2 3 4 00000005 00000006\n")
 
 
 def test_a_drawn_round_refuses_new_bets_and_fins_but_acknowledges_the_last_batch(tmp_path: Path) -> None:

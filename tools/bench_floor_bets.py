@@ -11,7 +11,7 @@ what the rules ask of any central:
 - its bytes received over mutual TLS 1.3 and cut into frames (protocol.parse_header);
 - the BET checked by the rules (protocol.decode_payload, which runs bets.validate_bets: the
   central's own check at its fastest);
-- stored as a bets.csv line (storage.csv_lines), with one write and one fdatasync per loop turn
+- stored as a bets.csv line (files.csv_lines), with one write and one fdatasync per loop turn
   before any ACK;
 - searched for winners (the draw's search, bytes.count of its needle over the stored lines).
 
@@ -157,7 +157,11 @@ def prepare(args: argparse.Namespace, listener: socket.socket, context: ssl.SSLC
             transport: Any) -> Callable[[], None]:
     """The side's own modules, imported once before the fork; each worker then serves."""
     from lottery import draw, protocol
-    from lottery.storage import csv_lines
+
+    try:
+        from lottery.files import csv_lines
+    except ImportError:  # a checkout from before 2026-12-05, where the storage owned it
+        from lottery.storage import csv_lines  # type: ignore[attr-defined,no-redef]
 
     server = argparse.Namespace(protocol=protocol, csv_lines=csv_lines, winning_number=draw.WINNING_NUMBER)
     return lambda: Worker(listener, context, args.agencies, transport.agency_of, args.storage, server).serve()

@@ -10,14 +10,21 @@ was synced::
 
 and goes on with one record per change since that checkpoint::
 
-    batch <agency> <first> <count> <end> <crc32> <chain>
+    batch <agency> <first> <count> <end> <chain>
     fin <agency> <bets> <chain>
 
 A batch holds the agency's bets ``first .. first + count - 1``; bets.csv is ``end`` bytes after
-it, ``crc32`` covers its bytes there, and ``chain`` is the agency's chain after it
-(protocol.md). CRCs and chains are 8 hexadecimal digits, the rest decimal. The journal is the only
-record of what is stored, so deduplication, the FIN barrier and the round's agency count survive
-a restart. `JournalView` folds it into per-agency state whose size does not grow with the bets.
+it, and ``chain`` is the agency's chain after it (protocol.md): a CRC-32 of the agency's bet
+lines, continued over the batch's from the chain before, so it also vouches for the batch's bytes
+in bets.csv (recovery checks them with it). Chains are 8 hexadecimal digits, the rest decimal.
+The journal is the only record of what is stored, so deduplication, the FIN barrier and the
+round's agency count survive a restart. `JournalView` folds it into per-agency state whose size
+does not grow with the bets.
+
+Until 2026-12-05 a batch line also held a CRC-32 of the batch's bytes in bets.csv, before the
+chain: a second CRC pass over every batch, for what the chain already says. Such a line is
+refused as `OlderJournal`, never taken for damage and cut: the round it belongs to is finished
+with the version that wrote it.
 """
 
 from __future__ import annotations
@@ -38,9 +45,11 @@ _BASES = {
     "checkpoint": (10, 10, 10),
     "agency": (10, 10, 16, 10),
     "fin": (10, 10, 16),
-    "batch": (10, 10, 10, 10, 16, 16),
+    "batch": (10, 10, 10, 10, 16),
     "batches": (10, 10),
 }
+OLDER_BATCH_VALUES = 6  # a batch line with a CRC before its chain (see above)
+
 # kind -> the line's format; hexadecimal values are 8 digits
 _FORMATS = {
     kind: kind.encode() + b"".join(b" %08x" if base == 16 else b" %d" for base in bases) + b"\n"
@@ -49,16 +58,21 @@ _FORMATS = {
 _KINDS = {kind.encode(): kind for kind in _BASES}
 
 # A run of batch lines exactly as _FORMATS writes them (decimals without leading zeros or sign,
-# CRC and chain as 8 lowercase hexadecimal digits), and the fields the fold needs from each. Such
+# the chain as 8 lowercase hexadecimal digits), and the fields the fold needs from each. Such
 # a run, nearly the whole of a journal, is folded in bulk (JournalView._fold_batch_run); any other
 # line, and any batch line written otherwise, is folded line by line.
 _DECIMAL = rb"(?:0|[1-9][0-9]{0,18})"
-_BATCH_RUN = re.compile(rb"(?:batch " + b" ".join([_DECIMAL] * 4) + rb" [0-9a-f]{8} [0-9a-f]{8}\n)++")
+_BATCH_RUN = re.compile(rb"(?:batch " + b" ".join([_DECIMAL] * 4) + rb" [0-9a-f]{8}\n)++")
 # A run shorter than this goes line by line: the bulk fold's fixed cost (about 4 us) is worth it
-# from about three lines on. Runs are that short when many agencies finish at once, each FIN line
-# cutting the run of batch lines.
-_BULK_BYTES = 4 * 48
-_BATCH_FIELDS = re.compile(rb"batch ([0-9]+) ([0-9]+) ([0-9]+) ([0-9]+) [0-9a-f]{8} ([0-9a-f]{8})\n")
+# from about three lines on (a batch line is about 40 bytes). Runs are that short when many
+# agencies finish at once, each FIN line cutting the run of batch lines.
+_BULK_BYTES = 4 * 40
+_BATCH_FIELDS = re.compile(rb"batch ([0-9]+) ([0-9]+) ([0-9]+) ([0-9]+) ([0-9a-f]{8})\n")
+
+
+class OlderJournal(StorageError):
+    """A journal line in the format of an older version (a batch line with a CRC): not damage, and
+    not this version's to continue."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +98,16 @@ class JournalRecord:
             else:
                 if min(values) >= 0:
                     return cls(name, values)
+        if name == "batch" and len(fields) == OLDER_BATCH_VALUES:
+            raise OlderJournal(
+                f"journal line {line[:80]!r} is a batch line of an older version (with a CRC before the chain):"
+                " finish this round with the version that wrote it, or start a new round in an empty STORAGE_DIR"
+            )
         raise StorageError(f"corrupt journal line {line[:80]!r}")
 
 
-def batch_record(bet: Bet, end: int, crc: int, chain_after: int) -> JournalRecord:
-    return JournalRecord("batch", (bet.agency, bet.first, bet.count, end, crc, chain_after))
+def batch_record(bet: Bet, end: int, chain_after: int) -> JournalRecord:
+    return JournalRecord("batch", (bet.agency, bet.first, bet.count, end, chain_after))
 
 
 def fin_record(agency: int, bets: int, chain: int) -> JournalRecord:
@@ -154,13 +173,13 @@ class JournalView:
                 return consumed
             line = data[consumed:newline]
             fields = line.split(b" ")
-            if fields[0] == b"batch" and len(fields) == 7:
+            if fields[0] == b"batch" and len(fields) == 6:
                 try:
                     agency, first, count, end = int(fields[1]), int(fields[2]), int(fields[3]), int(fields[4])
-                    crc, chain = int(fields[5], 16), int(fields[6], 16)
+                    chain = int(fields[5], 16)
                 except ValueError:
                     raise StorageError(f"corrupt journal line {line[:80]!r}") from None
-                if min(agency, first, count, end, crc, chain) < 0:
+                if min(agency, first, count, end, chain) < 0:
                     raise StorageError(f"corrupt journal line {line[:80]!r}")
                 self._apply_batch(agency, first, count, end, chain)
                 self.offset += newline + 1 - consumed
@@ -172,7 +191,7 @@ class JournalView:
         """Fold in one record that took `size` bytes of the journal."""
         values = record.values
         if record.kind == "batch":
-            agency, first, count, end, _, chain = values
+            agency, first, count, end, chain = values
             self._apply_batch(agency, first, count, end, chain)
         elif record.kind == "fin":
             agency = values[0]

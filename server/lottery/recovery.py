@@ -2,23 +2,25 @@
 
 The supervisor runs it once, holding the instance lock. The checkpoint at the start of the
 journal is trusted (bets.csv was synced before it was written); each batch record after it is
-checked against bets.csv with its CRC, and the longest valid prefix is kept: a torn journal line,
-a batch whose bytes did not all reach the disk, and bytes past the last batch are cut. None of
-them was acknowledged (an answer follows a sync), so their agencies resend them. Reads stream;
-memory does not depend on the journal's length.
+checked against bets.csv with its chain (the batch's bytes there must be its agency's bet lines,
+the agency id before each, whose chain continues the agency's to the record's), and the longest
+valid prefix is kept: a torn journal line, a batch whose bytes did not all reach the disk, and
+bytes past the last batch are cut. None of them was acknowledged (an answer follows a sync), so
+their agencies resend them. A journal of an older version's format is refused (OlderJournal),
+never cut. Reads stream; memory does not depend on the journal's length.
 """
 
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from .durable import StorageError, sync_dir, sync_path, write_file_atomically
-from .files import BETS_FILE, JOURNAL_FILE, LOCK_FILE
-from .journal import MAX_JOURNAL_LINE, JournalRecord, JournalView
+from .files import BETS_FILE, JOURNAL_FILE, LOCK_FILE, bet_lines
+from .journal import MAX_JOURNAL_LINE, JournalRecord, JournalView, OlderJournal
+from .protocol import chain
 
 MAX_BATCH_BYTES = 64 << 10  # a stored batch is at most one frame's bets plus the agency ids
 
@@ -48,6 +50,15 @@ def _drop_cached_pages(file: BinaryIO) -> None:
     """Forget clean cached pages, so what is verified next is read from the disk: after a failed
     writeback the cache may hold bytes the disk does not (dirty pages are kept, and synced later)."""
     os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _holds_batch(data: bytes, record: JournalRecord, view: JournalView) -> bool:
+    """Whether `data`, the bytes of bets.csv a batch record covers, are that batch: its count of
+    its agency's bet lines, whose chain continues the agency's (as `view` has it so far) to the
+    record's."""
+    agency, _, count, _, chain_after = record.values
+    lines = bet_lines(agency, data)
+    return lines is not None and lines.count(b"\n") == count and chain(lines, view.state(agency).chain) == chain_after
 
 
 def recover(directory: Path, agencies: int) -> RecoveryReport:
@@ -88,6 +99,8 @@ def recover(directory: Path, agencies: int) -> RecoveryReport:
                 break  # the end, or a torn last line
             try:
                 record = JournalRecord.parse(line[:-1])
+            except OlderJournal:
+                raise
             except StorageError:
                 break
             if record.kind == "checkpoint":
@@ -97,7 +110,7 @@ def recover(directory: Path, agencies: int) -> RecoveryReport:
                 if not 0 < size <= MAX_BATCH_BYTES:
                     break
                 data = bets.read(size)
-                if len(data) != size or zlib.crc32(data) != record.values[4]:
+                if len(data) != size or not _holds_batch(data, record, view):
                     break  # these bytes never fully reached the disk
             view.apply(record, len(line))
         journal_size = os.fstat(journal.fileno()).st_size

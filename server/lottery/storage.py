@@ -33,7 +33,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import NamedTuple
 
 from .board import Board
 from .durable import StorageError, WriteFailed, sync, write_all, write_file_atomically
-from .files import BETS_FILE, JOURNAL_FILE, WINNERS_FILE
+from .files import BETS_FILE, JOURNAL_FILE, WINNERS_FILE, csv_parts
 from .journal import AgencyState, JournalRecord, JournalView, batch_record, fin_record
 from .locks import AppendLock
 from .protocol import Bet, Fin
@@ -77,12 +76,6 @@ class Verdict(NamedTuple):
 
     outcome: Outcome | FinOutcome  # a FinOutcome for a FIN
     state: AgencyState
-
-
-def csv_lines(agency: int, bets: bytes) -> bytes:
-    """A batch's bet lines as bets.csv lines: the agency id prepended to each."""
-    prefix = b"%d," % agency
-    return prefix + bets[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
 
 
 class Storage:
@@ -254,7 +247,7 @@ class Storage:
             view = self.view
             pending: dict[int, AgencyState] = {}  # agencies stored by this call, not yet folded
             fins: dict[int, tuple[int, int]] = {}  # FINs recorded by this call, not yet folded
-            bets_chunks: list[bytes] = []
+            bets_parts: list[bytes | memoryview] = []
             records: list[JournalRecord] = []
             end = view.bets_end
             # One look per call: the draw needs every agency's FIN, after which no batch can be
@@ -278,13 +271,13 @@ class Storage:
                 outcome = self._decide(request, after, state, drawn, recorded is not None)
                 verdicts.append(Verdict(outcome, state))
                 if outcome is Outcome.STORED:
-                    data = csv_lines(agency, request.bets)
-                    end += len(data)
-                    bets_chunks.append(data)
-                    records.append(batch_record(request, end, zlib.crc32(data), after))
+                    prefix, rest = csv_parts(agency, request.bets)
+                    end += len(prefix) + len(rest)
+                    bets_parts += (prefix, rest)
+                    records.append(batch_record(request, end, after))
                     pending[agency] = AgencyState(request.last, after, request.first)
             if records:
-                self._append(b"".join(bets_chunks), records)
+                self._append(b"".join(bets_parts), records)
         return verdicts
 
     @staticmethod
