@@ -435,6 +435,10 @@ def test_the_fold_of_batch_lines_is_the_fold_of_their_records(monkeypatch: pytes
             JournalRecord.parse(damaged[:-1])
     with pytest.raises(OlderJournal):  # a batch line with a CRC: the format before 2026-12-05
         JournalView().fold(b"batch 1 2 3 4 00000005 00000006\n")
+    for damaged in (b"batch 1 2 3 4 5 6", b"batch 1 2 3 4 0000000g 00000006", b"batch 1 2 3 4 00000005 00000006 7"):
+        with pytest.raises(StorageError) as refused:  # damage, not the older format
+            JournalRecord.parse(damaged)
+        assert not isinstance(refused.value, OlderJournal), damaged
 
 
 def test_a_drawn_round_refuses_new_bets_and_fins_but_acknowledges_the_last_batch(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ _BASES = {
     "batch": (10, 10, 10, 10, 16),
     "batches": (10, 10),
 }
-OLDER_BATCH_VALUES = 6  # a batch line with a CRC before its chain (see above)
+_OLDER_BATCH = re.compile(rb"batch(?: [0-9]+){4} [0-9a-f]{8} [0-9a-f]{8}")  # with a CRC (see above)
 
 # kind -> the line's format; hexadecimal values are 8 digits
 _FORMATS = {
@@ -98,7 +98,7 @@ class JournalRecord:
             else:
                 if min(values) >= 0:
                     return cls(name, values)
-        if name == "batch" and len(fields) == OLDER_BATCH_VALUES:
+        if _OLDER_BATCH.fullmatch(line):
             raise OlderJournal(
                 f"journal line {line[:80]!r} is a batch line of an older version (with a CRC before the chain):"
                 " finish this round with the version that wrote it, or start a new round in an empty STORAGE_DIR"
