@@ -157,11 +157,7 @@ def prepare(args: argparse.Namespace, listener: socket.socket, context: ssl.SSLC
             transport: Any) -> Callable[[], None]:
     """The side's own modules, imported once before the fork; each worker then serves."""
     from lottery import draw, protocol
-
-    try:
-        from lottery.files import csv_lines
-    except ImportError:  # a checkout from before 2026-12-05, where the storage owned it
-        from lottery.storage import csv_lines  # type: ignore[attr-defined,no-redef]
+    from lottery.files import csv_lines
 
     server = argparse.Namespace(protocol=protocol, csv_lines=csv_lines, winning_number=draw.WINNING_NUMBER)
     return lambda: Worker(listener, context, args.agencies, transport.agency_of, args.storage, server).serve()
